@@ -1,0 +1,277 @@
+/*
+ * Contexts: a reference-counted handle on a map root, plus the thread that
+ * has it entered.
+ *
+ * Only the owner (the thread that has the context entered) replaces the
+ * root, with a release store after building the new map, and it retires
+ * the old root instead of freeing it. Any other thread reads the root with
+ * an acquire load inside an RCU read-side critical section, so every node
+ * it walks stays allocated until it is done, and it sees one complete map:
+ * the one before or the one after each set. A reader that wants to keep
+ * the map (copy, iteration, equality) takes a reference to the root while
+ * still inside the critical section; if the owner has just dropped that
+ * root's last reference, it loads the root again and finds the newer one.
+ * A context that no thread has entered never changes.
+ */
+#include "context.h"
+
+#include "alloc.h"
+#include "reclaim.h"
+#include "var.h"
+
+cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
+{
+    cv_context_t *ctx = cvi_alloc(sizeof(*ctx));
+    if (!ctx) {
+        cvi_root_release(root);
+        return NULL;
+    }
+    atomic_init(&ctx->root, root);
+    atomic_init(&ctx->owner, NULL);
+    atomic_init(&ctx->refs, 1);
+    ctx->id = cvi_thread_next_context_id();
+    return ctx;
+}
+
+static void dispose_node(void *node)
+{
+    cvi_hamt_destroy(node, &cvi_var_entry_ops);
+}
+
+void cvi_root_release(cvi_hamt_node *root)
+{
+    if (cvi_hamt_release(root))
+        cvi_retire(root, dispose_node);
+}
+
+void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)
+{
+    cvi_hamt_node *old_root = cvi_context_owned_root(ctx);
+    /* Release: the new map's nodes are complete before readers can reach
+     * them through this pointer. */
+    atomic_store_explicit(&ctx->root, new_root, memory_order_release);
+    cvi_root_release(old_root);
+}
+
+bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread)
+{
+    struct cvi_thread *nobody = NULL;
+    /* Acquire: pairs with the release in cvi_context_leave, so the previous
+     * owner's last root is the one we start from. */
+    return atomic_compare_exchange_strong_explicit(&ctx->owner, &nobody, thread,
+                                                   memory_order_acquire, memory_order_relaxed);
+}
+
+void cvi_context_leave(cv_context_t *ctx)
+{
+    /* Release: publishes our sets to the next owner. */
+    atomic_store_explicit(&ctx->owner, NULL, memory_order_release);
+    cv_context_release(ctx);
+}
+
+static bool owned_by_caller(cv_context_t *ctx)
+{
+    /* Relaxed: only this thread can store itself here. */
+    return atomic_load_explicit(&ctx->owner, memory_order_relaxed) == &cvi_thread_state;
+}
+
+/* A reference to the current root of a context that another thread may be
+ * writing. */
+static cvi_hamt_node *snapshot(cv_context_t *ctx)
+{
+    cvi_hamt_node *root;
+    if (owned_by_caller(ctx)) {
+        root = cvi_context_owned_root(ctx);
+        if (root)
+            cvi_hamt_retain(root);
+        return root;
+    }
+    cvi_read_lock();
+    do {
+        /* Acquire: pairs with the owner's release store in publish. */
+        root = atomic_load_explicit(&ctx->root, memory_order_acquire);
+    } while (root && !cvi_hamt_try_retain(root));
+    cvi_read_unlock();
+    return root;
+}
+
+cv_context_t *cv_context_new(void)
+{
+    return cvi_context_new_with_root(NULL);
+}
+
+cv_context_t *cv_copy_context(void)
+{
+    cv_context_t *current = cvi_thread_current(&cvi_thread_state);
+    return current ? cv_context_copy(current) : cv_context_new();
+}
+
+cv_context_t *cv_context_copy(cv_context_t *ctx)
+{
+    return ctx ? cvi_context_new_with_root(snapshot(ctx)) : NULL;
+}
+
+void cv_context_retain(cv_context_t *ctx)
+{
+    /* Relaxed: the caller holds a reference already. */
+    if (ctx)
+        atomic_fetch_add_explicit(&ctx->refs, 1, memory_order_relaxed);
+}
+
+void cv_context_release(cv_context_t *ctx)
+{
+    /* Release/acquire: every use of the context happens before its free. */
+    if (!ctx || atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_release) != 1)
+        return;
+    atomic_thread_fence(memory_order_acquire);
+    cvi_root_release(cvi_context_owned_root(ctx));
+    cvi_free(ctx, sizeof(*ctx));
+}
+
+/* ------------------------------------------------------------- switching */
+
+cv_status_t cv_context_enter(cv_context_t *ctx)
+{
+    if (!ctx)
+        return CV_EINVAL;
+    struct cvi_thread *thread = cvi_thread_ready();
+    if (!thread)
+        return CV_ENOMEM;
+    if (!cvi_context_claim(ctx, thread))
+        return CV_EBUSY;
+    if (!cvi_thread_push(thread, ctx)) {
+        atomic_store_explicit(&ctx->owner, NULL, memory_order_release);
+        return CV_ENOMEM;
+    }
+    cv_context_retain(ctx); /* the stack's reference */
+    thread->version++;
+    return CV_OK;
+}
+
+/* Pops the top of the stack. */
+static void pop(struct cvi_thread *thread)
+{
+    cv_context_t *top = thread->stack[--thread->depth];
+    thread->version++;
+    cvi_context_leave(top);
+}
+
+cv_status_t cv_context_exit(cv_context_t *ctx)
+{
+    if (!ctx)
+        return CV_EINVAL;
+    struct cvi_thread *thread = &cvi_thread_state;
+    /* The base context, and the context of an enclosing run, are below the
+     * floor: only what the caller entered itself can be exited. */
+    if (thread->depth <= thread->run_floor + 1 || cvi_thread_current(thread) != ctx)
+        return CV_ENOTCURRENT;
+    pop(thread);
+    return CV_OK;
+}
+
+cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
+{
+    if (!ctx || !fn)
+        return CV_EINVAL;
+    cv_status_t status = cv_context_enter(ctx);
+    if (status != CV_OK)
+        return status;
+    struct cvi_thread *thread = &cvi_thread_state;
+    uint32_t index = thread->depth - 1, outer_floor = thread->run_floor;
+    thread->run_floor = index;
+    fn(arg);
+    thread->run_floor = outer_floor;
+    while (thread->depth - 1 > index) {
+        pop(thread); /* left entered by fn */
+        status = CV_ENOTCURRENT;
+    }
+    pop(thread);
+    return status;
+}
+
+/* ---------------------------------------------------------- mapping API */
+
+/* Runs a lookup on the context's current map without keeping it. */
+static bool find(cv_context_t *ctx, const cv_var_t *var, void **value)
+{
+    if (owned_by_caller(ctx))
+        return cvi_hamt_find(cvi_context_owned_root(ctx), var, var->hash, value);
+    cvi_read_lock();
+    /* Acquire: pairs with the owner's release store in publish. */
+    bool found = cvi_hamt_find(atomic_load_explicit(&ctx->root, memory_order_acquire), var,
+                               var->hash, value);
+    cvi_read_unlock();
+    return found;
+}
+
+cv_status_t cv_context_get(cv_context_t *ctx, const cv_var_t *var, void **out)
+{
+    if (!ctx || !var || !out)
+        return CV_EINVAL;
+    return find(ctx, var, out) ? CV_OK : CV_ENOVALUE;
+}
+
+bool cv_context_contains(cv_context_t *ctx, const cv_var_t *var)
+{
+    void *value;
+    return ctx && var && find(ctx, var, &value);
+}
+
+size_t cv_context_len(cv_context_t *ctx)
+{
+    if (!ctx)
+        return 0;
+    cvi_read_lock();
+    /* Acquire: pairs with the owner's release store in publish. */
+    size_t len = cvi_hamt_count(atomic_load_explicit(&ctx->root, memory_order_acquire));
+    cvi_read_unlock();
+    return len;
+}
+
+bool cv_context_equal(cv_context_t *a, cv_context_t *b)
+{
+    if (!a || !b)
+        return false;
+    if (a == b)
+        return true;
+    cvi_hamt_node *root_a = snapshot(a), *root_b = snapshot(b);
+    bool equal = cvi_hamt_equal(root_a, root_b, &cvi_var_entry_ops);
+    cvi_root_release(root_a);
+    cvi_root_release(root_b);
+    return equal;
+}
+
+void cv_context_iter_init(cv_context_iter_t *it, cv_context_t *ctx)
+{
+    if (!it)
+        return;
+    cvi_hamt_node *root = ctx ? snapshot(ctx) : NULL;
+    it->cv_private_snapshot = root;
+    cvi_hamt_iter_init(&it->cv_private_walk, root);
+}
+
+bool cv_context_iter_next(cv_context_iter_t *it, cv_var_t **var, void **value)
+{
+    void *key, *found;
+    if (!it || !cvi_hamt_iter_next(&it->cv_private_walk, &key, &found))
+        return false;
+    if (var)
+        *var = key;
+    if (value)
+        *value = found;
+    return true;
+}
+
+void cv_context_iter_fini(cv_context_iter_t *it)
+{
+    if (!it)
+        return;
+    cvi_root_release(it->cv_private_snapshot);
+    it->cv_private_snapshot = NULL;
+    cvi_hamt_iter_init(&it->cv_private_walk, NULL);
+}
+
+void cv_reclaim_barrier(void)
+{
+    cvi_reclaim_barrier();
+}

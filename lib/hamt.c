@@ -1,0 +1,603 @@
+/*
+ * Persistent hash array mapped trie.
+ *
+ * Design
+ * ------
+ * A key's 32-bit hash is consumed five bits at a time, low bits first: the
+ * root uses bits 0-4, its children bits 5-9, and so on down to the seventh
+ * level, which uses the last two bits. A level is a *bitmap node*: a 32-bit
+ * bitmap says which of the 32 possible slots are present and a dense array
+ * holds just those slots, in slot order, so the index of slot s is the
+ * number of set bits below s. Each slot holds either one (key, value) pair
+ * or a child node (key == NULL marks a child; keys are never NULL).
+ *
+ * Two keys whose hashes are equal in all 32 bits cannot be told apart by
+ * any level: they live in a *collision node*, an unsorted array of pairs
+ * that share one hash. A collision node is always a child, never a root;
+ * when a key with another hash reaches it, a bitmap node is put above it.
+ *
+ * Updates copy the path from the root to the changed slot and share every
+ * other node, so an update allocates one node per level it passes (usually
+ * one or two: a context holds few variables) and the old root stays a
+ * complete, valid map. Copying a map is taking a reference to its root.
+ *
+ * Deletion keeps the trie canonical, which keeps lookups short and makes
+ * the shape depend only on the set of keys: a subtree left with a single
+ * pair is replaced by that pair in its parent, and an empty node is
+ * removed. Every node except the root therefore holds at least two keys.
+ *
+ * Each node counts the keys below it, so the size of a map is read from its
+ * root in O(1).
+ *
+ * Ownership
+ * ---------
+ * A node holds one reference to each child and, through the caller's ops,
+ * one reference to each key and value it stores. A node is immutable from
+ * the moment it is returned; only its reference count changes. A node
+ * whose last reference is dropped is not freed here: the caller decides
+ * when no reader can still be walking it (see cvi_hamt_release) and then
+ * destroys it. Children found dead while destroying a node are freed at
+ * once, since the dead parent was their only way in.
+ *
+ * The layout and the collapsing rules follow CPython's Python/hamt.c; the
+ * array node that CPython adds for dense levels is left out: contexts hold
+ * few variables, and a bitmap node at full occupancy costs four bytes more.
+ */
+#include "hamt.h"
+
+#include "alloc.h"
+
+#include <assert.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#define BITS_PER_LEVEL 5
+#define SLOT_MASK 31u
+#define MAX_DEPTH 9 /* seven bitmap levels, one collision node, one spare */
+
+_Static_assert(sizeof(((cvi_hamt_iter *)0)->nodes) / sizeof(void *) >= MAX_DEPTH,
+               "public iterator too small for the deepest trie");
+
+enum node_kind { BITMAP_NODE, COLLISION_NODE };
+
+struct entry {
+    void *key;   /* NULL: value is a child node */
+    void *value;
+};
+
+struct cvi_hamt_node {
+    /* First word: the caller's once the node is dead. A separate field, not
+     * overlaid on live ones, since readers may still walk a dead node. */
+    void *dead_link;
+    atomic_uint refs;
+    uint8_t kind;
+    uint32_t len;   /* entries in this node */
+    uint32_t count; /* keys in this subtree */
+    uint32_t bitmap_or_hash;
+    struct entry entries[];
+};
+
+static size_t node_size(uint32_t len)
+{
+    return sizeof(struct cvi_hamt_node) + (size_t)len * sizeof(struct entry);
+}
+
+static cvi_hamt_node *node_new(enum node_kind kind, uint32_t len, uint32_t bitmap_or_hash)
+{
+    cvi_hamt_node *node = cvi_alloc(node_size(len));
+    if (!node)
+        return NULL;
+    atomic_init(&node->refs, 1);
+    node->kind = (uint8_t)kind;
+    node->len = len;
+    node->count = 0;
+    node->bitmap_or_hash = bitmap_or_hash;
+    return node;
+}
+
+static unsigned slot_of(uint32_t hash, unsigned shift)
+{
+    return (hash >> shift) & SLOT_MASK;
+}
+
+static unsigned index_of(uint32_t bitmap, uint32_t bit)
+{
+    return (unsigned)__builtin_popcount(bitmap & (bit - 1));
+}
+
+void cvi_hamt_retain(cvi_hamt_node *node)
+{
+    /* Relaxed: the caller already holds a reference, so the node cannot die
+     * meanwhile and there is nothing to publish. */
+    atomic_fetch_add_explicit(&node->refs, 1, memory_order_relaxed);
+}
+
+bool cvi_hamt_try_retain(cvi_hamt_node *node)
+{
+    unsigned refs = atomic_load_explicit(&node->refs, memory_order_relaxed);
+    do {
+        /* Acquire on seeing zero: pairs with the release in cvi_hamt_release,
+         * so the caller's next load of its root pointer sees the root that
+         * replaced this one. */
+        if (refs == 0) {
+            atomic_thread_fence(memory_order_acquire);
+            return false;
+        }
+        /* Relaxed on success: the node's contents were published with the
+         * root pointer the caller loaded with acquire. */
+    } while (!atomic_compare_exchange_weak_explicit(&node->refs, &refs, refs + 1,
+                                                    memory_order_relaxed, memory_order_relaxed));
+    return true;
+}
+
+bool cvi_hamt_release(cvi_hamt_node *node)
+{
+    if (!node)
+        return false;
+    /* Release: this owner's reads of the node happen before whoever frees
+     * it; the acquire fence below makes the last owner see all of them. */
+    if (atomic_fetch_sub_explicit(&node->refs, 1, memory_order_release) != 1)
+        return false;
+    atomic_thread_fence(memory_order_acquire);
+    return true;
+}
+
+static void entry_retain(const struct entry *e, const cvi_hamt_ops *ops)
+{
+    if (e->key)
+        ops->retain(e->key, e->value);
+    else
+        cvi_hamt_retain(e->value);
+}
+
+static void entry_release(const struct entry *e, const cvi_hamt_ops *ops)
+{
+    if (e->key)
+        ops->release(e->key, e->value);
+    else if (cvi_hamt_release(e->value))
+        cvi_hamt_destroy(e->value, ops);
+}
+
+void cvi_hamt_destroy(cvi_hamt_node *node, const cvi_hamt_ops *ops)
+{
+    for (uint32_t i = 0; i < node->len; i++)
+        entry_release(&node->entries[i], ops);
+    cvi_free(node, node_size(node->len));
+}
+
+/* Frees a node that was built here and never returned. */
+static void discard(cvi_hamt_node *node, const cvi_hamt_ops *ops)
+{
+    if (cvi_hamt_release(node))
+        cvi_hamt_destroy(node, ops);
+}
+
+static void copy_entries(struct entry *dst, const struct entry *src, uint32_t n,
+                         const cvi_hamt_ops *ops)
+{
+    memcpy(dst, src, n * sizeof(*src));
+    for (uint32_t i = 0; i < n; i++)
+        entry_retain(&src[i], ops);
+}
+
+/* A copy of `node` with entry `index` replaced by `owned` (whose reference
+ * moves into the copy), or with `owned` inserted before `index`, or with
+ * entry `index` removed. The caller sets the bitmap and count. */
+static cvi_hamt_node *copy_replacing(const cvi_hamt_node *node, uint32_t index, struct entry owned,
+                                     const cvi_hamt_ops *ops)
+{
+    cvi_hamt_node *copy = node_new(node->kind, node->len, node->bitmap_or_hash);
+    if (!copy)
+        return NULL;
+    copy_entries(copy->entries, node->entries, index, ops);
+    copy->entries[index] = owned;
+    copy_entries(copy->entries + index + 1, node->entries + index + 1, node->len - index - 1, ops);
+    return copy;
+}
+
+static cvi_hamt_node *copy_inserting(const cvi_hamt_node *node, uint32_t index,
+                                     struct entry owned, const cvi_hamt_ops *ops)
+{
+    cvi_hamt_node *copy = node_new(node->kind, node->len + 1, node->bitmap_or_hash);
+    if (!copy)
+        return NULL;
+    copy_entries(copy->entries, node->entries, index, ops);
+    copy->entries[index] = owned;
+    copy_entries(copy->entries + index + 1, node->entries + index, node->len - index, ops);
+    return copy;
+}
+
+static cvi_hamt_node *copy_removing(const cvi_hamt_node *node, uint32_t index,
+                                    const cvi_hamt_ops *ops)
+{
+    cvi_hamt_node *copy = node_new(node->kind, node->len - 1, node->bitmap_or_hash);
+    if (!copy)
+        return NULL;
+    copy_entries(copy->entries, node->entries, index, ops);
+    copy_entries(copy->entries + index, node->entries + index + 1, node->len - index - 1, ops);
+    return copy;
+}
+
+static struct entry pair_entry(void *key, void *value, const cvi_hamt_ops *ops)
+{
+    ops->retain(key, value);
+    return (struct entry){key, value};
+}
+
+static struct entry child_entry(cvi_hamt_node *owned_child)
+{
+    return (struct entry){NULL, owned_child};
+}
+
+/* A subtree at `shift` holding two distinct keys. */
+static cvi_hamt_node *merge_pairs(void *key1, void *value1, uint32_t hash1, void *key2,
+                                  void *value2, uint32_t hash2, unsigned shift,
+                                  const cvi_hamt_ops *ops)
+{
+    if (hash1 == hash2) {
+        cvi_hamt_node *node = node_new(COLLISION_NODE, 2, hash1);
+        if (!node)
+            return NULL;
+        node->entries[0] = pair_entry(key1, value1, ops);
+        node->entries[1] = pair_entry(key2, value2, ops);
+        node->count = 2;
+        return node;
+    }
+    unsigned slot1 = slot_of(hash1, shift), slot2 = slot_of(hash2, shift);
+    if (slot1 == slot2) {
+        /* Distinct hashes differ in some bit, so this recursion ends by the
+         * last level. */
+        cvi_hamt_node *child = merge_pairs(key1, value1, hash1, key2, value2, hash2,
+                                           shift + BITS_PER_LEVEL, ops);
+        if (!child)
+            return NULL;
+        cvi_hamt_node *node = node_new(BITMAP_NODE, 1, 1u << slot1);
+        if (!node) {
+            discard(child, ops);
+            return NULL;
+        }
+        node->entries[0] = child_entry(child);
+        node->count = 2;
+        return node;
+    }
+    cvi_hamt_node *node = node_new(BITMAP_NODE, 2, (1u << slot1) | (1u << slot2));
+    if (!node)
+        return NULL;
+    bool first_is_1 = slot1 < slot2;
+    node->entries[first_is_1 ? 0 : 1] = pair_entry(key1, value1, ops);
+    node->entries[first_is_1 ? 1 : 0] = pair_entry(key2, value2, ops);
+    node->count = 2;
+    return node;
+}
+
+/* A subtree at `shift` holding the collision node `group` and a new key
+ * whose hash differs from the group's. */
+static cvi_hamt_node *merge_group(cvi_hamt_node *group, void *key, void *value, uint32_t hash,
+                                  unsigned shift, const cvi_hamt_ops *ops)
+{
+    unsigned group_slot = slot_of(group->bitmap_or_hash, shift), key_slot = slot_of(hash, shift);
+    if (group_slot == key_slot) {
+        cvi_hamt_node *child = merge_group(group, key, value, hash, shift + BITS_PER_LEVEL, ops);
+        if (!child)
+            return NULL;
+        cvi_hamt_node *node = node_new(BITMAP_NODE, 1, 1u << key_slot);
+        if (!node) {
+            discard(child, ops);
+            return NULL;
+        }
+        node->entries[0] = child_entry(child);
+        node->count = child->count;
+        return node;
+    }
+    cvi_hamt_node *node = node_new(BITMAP_NODE, 2, (1u << group_slot) | (1u << key_slot));
+    if (!node)
+        return NULL;
+    bool group_first = group_slot < key_slot;
+    cvi_hamt_retain(group);
+    node->entries[group_first ? 0 : 1] = child_entry(group);
+    node->entries[group_first ? 1 : 0] = pair_entry(key, value, ops);
+    node->count = group->count + 1;
+    return node;
+}
+
+struct assoc_result {
+    void *old_value;
+    bool had_old;
+};
+
+static cvi_hamt_node *unchanged(cvi_hamt_node *node)
+{
+    cvi_hamt_retain(node);
+    return node;
+}
+
+static cvi_hamt_node *assoc_collision(cvi_hamt_node *node, unsigned shift, void *key,
+                                      uint32_t hash, void *value, const cvi_hamt_ops *ops,
+                                      struct assoc_result *result)
+{
+    if (hash != node->bitmap_or_hash)
+        return merge_group(node, key, value, hash, shift, ops);
+    for (uint32_t i = 0; i < node->len; i++) {
+        if (node->entries[i].key != key)
+            continue;
+        result->had_old = true;
+        result->old_value = node->entries[i].value;
+        if (node->entries[i].value == value)
+            return unchanged(node);
+        cvi_hamt_node *copy = node_new(COLLISION_NODE, node->len, hash);
+        if (!copy)
+            return NULL;
+        ops->retain(key, value);
+        copy_entries(copy->entries, node->entries, i, ops);
+        copy->entries[i] = (struct entry){key, value};
+        copy_entries(copy->entries + i + 1, node->entries + i + 1, node->len - i - 1, ops);
+        copy->count = node->count;
+        return copy;
+    }
+    cvi_hamt_node *copy = copy_inserting(node, node->len, pair_entry(key, value, ops), ops);
+    if (!copy) {
+        ops->release(key, value);
+        return NULL;
+    }
+    copy->count = node->count + 1;
+    return copy;
+}
+
+static cvi_hamt_node *assoc_node(cvi_hamt_node *node, unsigned shift, void *key, uint32_t hash,
+                                 void *value, const cvi_hamt_ops *ops,
+                                 struct assoc_result *result)
+{
+    if (node->kind == COLLISION_NODE)
+        return assoc_collision(node, shift, key, hash, value, ops, result);
+
+    uint32_t bit = 1u << slot_of(hash, shift);
+    uint32_t index = index_of(node->bitmap_or_hash, bit);
+    cvi_hamt_node *copy;
+    if (!(node->bitmap_or_hash & bit)) {
+        copy = node_new(BITMAP_NODE, node->len + 1, node->bitmap_or_hash | bit);
+        if (!copy)
+            return NULL;
+        copy_entries(copy->entries, node->entries, index, ops);
+        copy->entries[index] = pair_entry(key, value, ops);
+        copy_entries(copy->entries + index + 1, node->entries + index, node->len - index, ops);
+        copy->count = node->count + 1;
+        return copy;
+    }
+
+    const struct entry *slot = &node->entries[index];
+    if (!slot->key) {
+        cvi_hamt_node *child = slot->value;
+        cvi_hamt_node *new_child =
+            assoc_node(child, shift + BITS_PER_LEVEL, key, hash, value, ops, result);
+        if (!new_child)
+            return NULL;
+        if (new_child == child) {
+            cvi_hamt_release(new_child); /* node still holds the child */
+            return unchanged(node);
+        }
+        copy = copy_replacing(node, index, child_entry(new_child), ops);
+        if (!copy) {
+            discard(new_child, ops);
+            return NULL;
+        }
+        copy->count = node->count - child->count + new_child->count;
+        return copy;
+    }
+
+    if (slot->key == key) {
+        result->had_old = true;
+        result->old_value = slot->value;
+        if (slot->value == value)
+            return unchanged(node);
+        ops->retain(key, value);
+        copy = copy_replacing(node, index, (struct entry){key, value}, ops);
+        if (!copy) {
+            ops->release(key, value);
+            return NULL;
+        }
+        copy->count = node->count;
+        return copy;
+    }
+
+    cvi_hamt_node *child = merge_pairs(slot->key, slot->value, ops->hash(slot->key), key, value,
+                                       hash, shift + BITS_PER_LEVEL, ops);
+    if (!child)
+        return NULL;
+    copy = copy_replacing(node, index, child_entry(child), ops);
+    if (!copy) {
+        discard(child, ops);
+        return NULL;
+    }
+    copy->count = node->count + 1;
+    return copy;
+}
+
+bool cvi_hamt_assoc(cvi_hamt_node *root, void *key, uint32_t hash, void *value,
+                    const cvi_hamt_ops *ops, cvi_hamt_node **out, void **old_value, bool *had_old)
+{
+    struct assoc_result result = {NULL, false};
+    cvi_hamt_node *new_root;
+    if (root) {
+        new_root = assoc_node(root, 0, key, hash, value, ops, &result);
+    } else {
+        new_root = node_new(BITMAP_NODE, 1, 1u << slot_of(hash, 0));
+        if (new_root) {
+            new_root->entries[0] = pair_entry(key, value, ops);
+            new_root->count = 1;
+        }
+    }
+    if (!new_root)
+        return false;
+    *out = new_root;
+    *old_value = result.old_value;
+    *had_old = result.had_old;
+    return true;
+}
+
+enum without_outcome { WITHOUT_NO_MEMORY, WITHOUT_ABSENT, WITHOUT_EMPTY, WITHOUT_NEW };
+
+/* A non-root subtree left with one key is replaced by that key's pair. */
+static bool is_lone_pair(const cvi_hamt_node *node)
+{
+    return node->count == 1 && node->len == 1 && node->entries[0].key;
+}
+
+static enum without_outcome without_node(cvi_hamt_node *node, unsigned shift, const void *key,
+                                         uint32_t hash, const cvi_hamt_ops *ops,
+                                         cvi_hamt_node **out)
+{
+    uint32_t index, bit = 0;
+    if (node->kind == COLLISION_NODE) {
+        if (hash != node->bitmap_or_hash)
+            return WITHOUT_ABSENT;
+        for (index = 0; index < node->len && node->entries[index].key != key; index++)
+            ;
+        if (index == node->len)
+            return WITHOUT_ABSENT;
+    } else {
+        bit = 1u << slot_of(hash, shift);
+        if (!(node->bitmap_or_hash & bit))
+            return WITHOUT_ABSENT;
+        index = index_of(node->bitmap_or_hash, bit);
+        const struct entry *slot = &node->entries[index];
+        if (!slot->key) {
+            cvi_hamt_node *child = slot->value, *new_child;
+            enum without_outcome outcome =
+                without_node(child, shift + BITS_PER_LEVEL, key, hash, ops, &new_child);
+            if (outcome != WITHOUT_NEW && outcome != WITHOUT_EMPTY)
+                return outcome;
+            if (outcome == WITHOUT_NEW) {
+                struct entry replacement = child_entry(new_child);
+                if (is_lone_pair(new_child))
+                    replacement = pair_entry(new_child->entries[0].key,
+                                             new_child->entries[0].value, ops);
+                cvi_hamt_node *copy = copy_replacing(node, index, replacement, ops);
+                if (replacement.key || !copy)
+                    discard(new_child, ops); /* inlined, or nowhere to go */
+                if (!copy) {
+                    if (replacement.key)
+                        ops->release(replacement.key, replacement.value);
+                    return WITHOUT_NO_MEMORY;
+                }
+                copy->count = node->count - 1;
+                *out = copy;
+                return WITHOUT_NEW;
+            }
+        } else if (slot->key != key) {
+            return WITHOUT_ABSENT;
+        }
+    }
+
+    /* Remove entry `index`: the key itself, or a child that became empty. */
+    if (node->len == 1)
+        return WITHOUT_EMPTY;
+    cvi_hamt_node *copy = copy_removing(node, index, ops);
+    if (!copy)
+        return WITHOUT_NO_MEMORY;
+    copy->bitmap_or_hash &= ~bit; /* bit is 0 for a collision node */
+    copy->count = node->count - 1;
+    *out = copy;
+    return WITHOUT_NEW;
+}
+
+bool cvi_hamt_without(cvi_hamt_node *root, const void *key, uint32_t hash,
+                      const cvi_hamt_ops *ops, cvi_hamt_node **out)
+{
+    if (!root) {
+        *out = NULL;
+        return true;
+    }
+    switch (without_node(root, 0, key, hash, ops, out)) {
+    case WITHOUT_NO_MEMORY:
+        return false;
+    case WITHOUT_ABSENT:
+        *out = unchanged(root);
+        return true;
+    case WITHOUT_EMPTY:
+        *out = NULL;
+        return true;
+    case WITHOUT_NEW:
+        return true;
+    }
+    return false;
+}
+
+bool cvi_hamt_find(const cvi_hamt_node *node, const void *key, uint32_t hash, void **value)
+{
+    for (unsigned shift = 0; node; shift += BITS_PER_LEVEL) {
+        if (node->kind == COLLISION_NODE) {
+            if (hash != node->bitmap_or_hash)
+                return false;
+            for (uint32_t i = 0; i < node->len; i++) {
+                if (node->entries[i].key == key) {
+                    *value = node->entries[i].value;
+                    return true;
+                }
+            }
+            return false;
+        }
+        uint32_t bit = 1u << slot_of(hash, shift);
+        if (!(node->bitmap_or_hash & bit))
+            return false;
+        const struct entry *slot = &node->entries[index_of(node->bitmap_or_hash, bit)];
+        if (!slot->key) {
+            node = slot->value;
+            continue;
+        }
+        if (slot->key != key)
+            return false;
+        *value = slot->value;
+        return true;
+    }
+    return false;
+}
+
+size_t cvi_hamt_count(const cvi_hamt_node *root)
+{
+    return root ? root->count : 0;
+}
+
+void cvi_hamt_iter_init(cvi_hamt_iter *it, const cvi_hamt_node *root)
+{
+    it->depth = root ? 0 : -1;
+    it->nodes[0] = (void *)root;
+    it->pos[0] = 0;
+}
+
+bool cvi_hamt_iter_next(cvi_hamt_iter *it, void **key, void **value)
+{
+    while (it->depth >= 0) {
+        const cvi_hamt_node *node = it->nodes[it->depth];
+        if (it->pos[it->depth] >= node->len) {
+            it->depth--;
+            continue;
+        }
+        const struct entry *e = &node->entries[it->pos[it->depth]++];
+        if (e->key) {
+            *key = e->key;
+            *value = e->value;
+            return true;
+        }
+        assert(it->depth + 1 < MAX_DEPTH);
+        it->depth++;
+        it->nodes[it->depth] = e->value;
+        it->pos[it->depth] = 0;
+    }
+    return false;
+}
+
+bool cvi_hamt_equal(const cvi_hamt_node *a, const cvi_hamt_node *b, const cvi_hamt_ops *ops)
+{
+    if (a == b)
+        return true;
+    if (cvi_hamt_count(a) != cvi_hamt_count(b))
+        return false;
+    cvi_hamt_iter it;
+    void *key, *value, *other;
+    cvi_hamt_iter_init(&it, a);
+    while (cvi_hamt_iter_next(&it, &key, &value)) {
+        if (!cvi_hamt_find(b, key, ops->hash(key), &other) || other != value)
+            return false;
+    }
+    return true;
+}

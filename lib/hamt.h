@@ -1,0 +1,68 @@
+/*
+ * A persistent hash array mapped trie from opaque keys to opaque values.
+ * Every update returns a new root and leaves the old one intact; the two
+ * share every node off the updated path. Nodes are reference-counted and
+ * immutable once returned, so any number of readers may walk a root that
+ * they keep alive. The map knows nothing of threads or of what keys are:
+ * keys are compared by address, their hash and their references come from
+ * the caller's cvi_hamt_ops.
+ *
+ * The empty map is NULL.
+ */
+#ifndef CV_HAMT_H
+#define CV_HAMT_H
+
+#include <ctxvars.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct cvi_hamt_node cvi_hamt_node;
+
+typedef struct cvi_hamt_ops {
+    uint32_t (*hash)(const void *key);
+    /* Called for each (key, value) reference a node takes or drops. */
+    void (*retain)(void *key, void *value);
+    void (*release)(void *key, void *value);
+} cvi_hamt_ops;
+
+/* The iterator's state is part of the public iterator (ctxvars.h), so that
+ * callers can keep it on their stack. */
+typedef struct cv_iter_private cvi_hamt_iter;
+
+bool cvi_hamt_find(const cvi_hamt_node *root, const void *key, uint32_t hash, void **value);
+size_t cvi_hamt_count(const cvi_hamt_node *root);
+
+/* On success (true) *out is a new reference to a map where key maps to
+ * value, and *old_value and *had_old tell what key mapped to before. False when
+ * memory is short: nothing changed. */
+bool cvi_hamt_assoc(cvi_hamt_node *root, void *key, uint32_t hash, void *value,
+                    const cvi_hamt_ops *ops, cvi_hamt_node **out, void **old_value, bool *had_old);
+/* On success *out is a new reference to a map without key (possibly NULL,
+ * possibly root itself if key was absent). False when memory is short. */
+bool cvi_hamt_without(cvi_hamt_node *root, const void *key, uint32_t hash,
+                      const cvi_hamt_ops *ops, cvi_hamt_node **out);
+
+void cvi_hamt_retain(cvi_hamt_node *node);
+/* Takes a reference unless the count already reached zero (the node is
+ * being retired): for readers that found the node without owning it. */
+bool cvi_hamt_try_retain(cvi_hamt_node *node);
+/* Drops a reference; true when it was the last, and the caller must then
+ * dispose of the node with cvi_hamt_destroy (at once, or once no reader can
+ * still be walking it). Until then the node's first pointer-sized word is
+ * the caller's, to link dead nodes through. NULL is a no-op returning
+ * false. */
+bool cvi_hamt_release(cvi_hamt_node *node);
+/* Frees a node whose last reference was dropped: releases its entries and
+ * its children, destroying at once every child that loses its last
+ * reference (only reachable through this node, so no reader can be in it
+ * when the node itself is safe to free). */
+void cvi_hamt_destroy(cvi_hamt_node *node, const cvi_hamt_ops *ops);
+
+bool cvi_hamt_equal(const cvi_hamt_node *a, const cvi_hamt_node *b, const cvi_hamt_ops *ops);
+
+/* Walks `root`, which the caller keeps alive until the walk ends. */
+void cvi_hamt_iter_init(cvi_hamt_iter *it, const cvi_hamt_node *root);
+bool cvi_hamt_iter_next(cvi_hamt_iter *it, void **key, void **value);
+
+#endif

@@ -1,0 +1,235 @@
+/*
+ * ctxvars: context variables for C with the semantics of Python's
+ * contextvars (PEP 567), built for multi-core servers.
+ *
+ * A context is an immutable-looking mapping from variables to values. Each
+ * thread has a current context; cv_get/cv_set read and write the current
+ * context, cv_context_run/enter/exit switch it, and cv_copy_context captures
+ * it in O(1) so that work handed to another thread (a thread pool, a
+ * coroutine scheduler) runs with the submitter's values.
+ *
+ * Every function is thread-safe. Functions that can fail return a
+ * cv_status_t; constructors return NULL on allocation failure or on a NULL
+ * argument they need. A misuse returns its status and changes nothing.
+ *
+ * This header includes only standard and POSIX headers and compiles as C11
+ * and as C++.
+ */
+#ifndef CTXVARS_H
+#define CTXVARS_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CV_VERSION_MAJOR 0
+#define CV_VERSION_MINOR 1
+#define CV_VERSION_PATCH 0
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CV_EXPORT __attribute__((visibility("default")))
+#else
+#define CV_EXPORT
+#endif
+
+/* ---------------------------------------------------------------- status */
+
+typedef enum cv_status {
+    CV_OK = 0,
+    CV_ENOVALUE,       /* no value and no default (Python: LookupError) */
+    CV_ENOMEM,         /* allocation failed; nothing was changed */
+    CV_EINVAL,         /* NULL or otherwise invalid argument */
+    CV_ETOKEN_VAR,     /* token was created by a different variable */
+    CV_ETOKEN_CONTEXT, /* token was created in a different context */
+    CV_ETOKEN_USED,    /* token has already been used (or never filled) */
+    CV_EBUSY,          /* context is already entered, here or elsewhere */
+    CV_ENOTCURRENT,    /* exit of a context that is not the current one */
+} cv_status_t;
+
+/* A static, human-readable description of `status`; never NULL (unknown
+ * values get a generic text). */
+CV_EXPORT const char *cv_strerror(cv_status_t status);
+
+/* ------------------------------------------------------------- variables */
+
+typedef struct cv_var cv_var_t;
+typedef struct cv_context cv_context_t;
+
+/* Caller-owned; fields are private. A zero-initialised token is "used". */
+typedef struct cv_token {
+    cv_var_t *cv_private_var;
+    void *cv_private_old_value;
+    uint64_t cv_private_var_serial;
+    uint64_t cv_private_context_id;
+    uint32_t cv_private_flags;
+} cv_token_t;
+
+typedef struct cv_var_opts {
+    void *default_value;
+    bool has_default;
+    /* Optional. When set, the library calls retain(value) for every
+     * reference to a value it keeps (in a context's map or in a token) and
+     * release(value) when it drops one. release may run on another thread
+     * and after the call that dropped the value (after the reclamation grace
+     * period); cv_reclaim_barrier() waits for all of them. Neither is called
+     * for the default value, which the caller keeps alive. */
+    void (*retain)(void *value);
+    void (*release)(void *value);
+} cv_var_opts_t;
+
+/* A new variable named `name` (copied). `opts` may be NULL: no default, no
+ * hooks. Returns NULL if `name` is NULL or memory is short. */
+CV_EXPORT cv_var_t *cv_var_new(const char *name, const cv_var_opts_t *opts);
+
+/* Drops the creator's reference. The variable stays valid inside every
+ * context that holds a value for it, until the last of them drops it; the
+ * creator must not pass it to any function after this call. NULL is a
+ * no-op. */
+CV_EXPORT void cv_var_release(cv_var_t *var);
+
+/* The name given to cv_var_new; NULL if `var` is NULL. */
+CV_EXPORT const char *cv_var_name(const cv_var_t *var);
+
+/* The value of `var` in the current context, else its default, else
+ * CV_ENOVALUE (with *out untouched). CV_EINVAL if an argument is NULL.
+ * Lock-free, no atomic read-modify-write, no shared write: a warm get is a
+ * few loads from thread-private memory. */
+CV_EXPORT cv_status_t cv_get(cv_var_t *var, void **out);
+
+/* The value of `var` in the current context, else `fallback` (the
+ * variable's default is not consulted, as in Python's var.get(default)). */
+CV_EXPORT void *cv_get_or(cv_var_t *var, void *fallback);
+
+/* Sets `var` to `value` (NULL is an ordinary value) in the current context.
+ * `token` (may be NULL) is filled so that cv_reset can undo the set; it
+ * needs no allocation and must be reset or discarded. CV_ENOMEM leaves the
+ * context unchanged and the token empty (used). */
+CV_EXPORT cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token);
+
+/* Undoes the cv_set that filled `token`. Checks, in order: used (or never
+ * filled) -> CV_ETOKEN_USED; made by another variable -> CV_ETOKEN_VAR; made
+ * in a context other than the current one -> CV_ETOKEN_CONTEXT. Then the old
+ * value is restored (or the variable removed if it had none) and the token
+ * is marked used. Any order of resets is allowed. */
+CV_EXPORT cv_status_t cv_reset(cv_var_t *var, cv_token_t *token);
+
+/* ---------------------------------------------------------------- tokens */
+
+
+/* The variable the token was made by; NULL for an empty token. The pointer
+ * stays valid while the token is live if the variable has hooks (the token
+ * then holds a reference); otherwise only while the caller keeps the
+ * variable. */
+CV_EXPORT cv_var_t *cv_token_var(const cv_token_t *token);
+
+/* The value before the set into *out and true; false for MISSING (the
+ * variable had no value), for a used token, or a NULL argument; *out is then
+ * untouched. */
+CV_EXPORT bool cv_token_old_value(const cv_token_t *token, void **out);
+
+/* True once reset or discarded, for an empty token, and for NULL. */
+CV_EXPORT bool cv_token_used(const cv_token_t *token);
+
+/* Drops a token that will never be reset: releases what it holds and marks
+ * it used. NULL and used tokens are a no-op. */
+CV_EXPORT void cv_token_discard(cv_token_t *token);
+
+/* -------------------------------------------------------------- contexts */
+
+/* A new, empty context with one reference for the caller. */
+CV_EXPORT cv_context_t *cv_context_new(void);
+
+/* A copy of the calling thread's current context, O(1). */
+CV_EXPORT cv_context_t *cv_copy_context(void);
+
+/* A copy of `ctx`, O(1), from any thread, even while `ctx` is entered and
+ * written by another thread (the copy is the state before or after each of
+ * its sets). NULL if `ctx` is NULL or memory is short. */
+CV_EXPORT cv_context_t *cv_context_copy(cv_context_t *ctx);
+
+/* The calling thread's current context, borrowed (retain it to keep it);
+ * creates the thread's base context on first need, NULL if memory is
+ * short. */
+CV_EXPORT cv_context_t *cv_context_current(void);
+
+CV_EXPORT void cv_context_retain(cv_context_t *ctx);
+CV_EXPORT void cv_context_release(cv_context_t *ctx);
+
+/* Enters `ctx`, calls fn(arg), exits. Sets inside fn land in `ctx`. The
+ * caller's current context is always restored; contexts that fn left
+ * entered are exited and CV_ENOTCURRENT is returned. CV_EBUSY (fn not
+ * called) if `ctx` is entered anywhere; CV_EINVAL for NULL arguments. */
+CV_EXPORT cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg);
+
+/* Makes `ctx` the current context of the calling thread, on top of a
+ * per-thread stack (for schedulers that switch tasks without nesting
+ * calls). CV_EBUSY if `ctx` is entered by any thread (this one included). */
+CV_EXPORT cv_status_t cv_context_enter(cv_context_t *ctx);
+
+/* Leaves `ctx`, which must be the calling thread's current context and not
+ * its base context: CV_ENOTCURRENT otherwise. */
+CV_EXPORT cv_status_t cv_context_exit(cv_context_t *ctx);
+
+/* The mapping API. These work on any context from any thread, lock-free,
+ * even while another thread has it entered and sets variables in it; they
+ * see one state, never a mix. Defaults are not consulted. */
+CV_EXPORT cv_status_t cv_context_get(cv_context_t *ctx, const cv_var_t *var, void **out);
+CV_EXPORT bool cv_context_contains(cv_context_t *ctx, const cv_var_t *var);
+CV_EXPORT size_t cv_context_len(cv_context_t *ctx);
+/* Same variables with the same values (compared as pointers). */
+CV_EXPORT bool cv_context_equal(cv_context_t *a, cv_context_t *b);
+
+/* Caller-owned iterator over a snapshot of a context taken at init; order
+ * is unspecified. fini must be called (it drops the snapshot). The
+ * variables returned stay valid until fini. */
+struct cv_iter_private {
+    void *nodes[9];
+    uint32_t pos[9];
+    int32_t depth;
+};
+typedef struct cv_context_iter {
+    void *cv_private_snapshot;
+    struct cv_iter_private cv_private_walk;
+} cv_context_iter_t;
+
+CV_EXPORT void cv_context_iter_init(cv_context_iter_t *it, cv_context_t *ctx);
+/* Next pair into *var and *value (either may be NULL); false at the end. */
+CV_EXPORT bool cv_context_iter_next(cv_context_iter_t *it, cv_var_t **var, void **value);
+CV_EXPORT void cv_context_iter_fini(cv_context_iter_t *it);
+
+/* --------------------------------------------------------------- threads */
+
+/* pthread_create, with the new thread starting in a copy of the caller's
+ * current context (its base context). Returns 0 or an error number
+ * (ENOMEM if the copy cannot be made, EINVAL for NULL thread or start). */
+CV_EXPORT int cv_thread_create(pthread_t *thread, const pthread_attr_t *attr,
+                               void *(*start)(void *), void *arg);
+
+/* Waits until every deferred free and every value release owed so far, by
+ * any thread, has run. Takes milliseconds: keep it out of hot paths. Must
+ * not be called from a release hook. */
+CV_EXPORT void cv_reclaim_barrier(void);
+
+/* ------------------------------------------------------------ allocation */
+
+typedef struct cv_allocator {
+    void *(*alloc)(size_t size, void *data);
+    void (*free)(void *ptr, size_t size, void *data); /* size as asked for */
+    void *data;
+} cv_allocator_t;
+
+/* Replaces malloc/free for all of the library's memory. Only before any
+ * other call of the library: CV_EBUSY after; CV_EINVAL if `allocator` or one
+ * of its functions is NULL. */
+CV_EXPORT cv_status_t cv_set_allocator(const cv_allocator_t *allocator);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CTXVARS_H */

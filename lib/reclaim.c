@@ -1,0 +1,200 @@
+/*
+ * Deferred reclamation on liburcu's bulletproof flavor.
+ *
+ * Why urcu-bp: a library cannot make its callers register their threads.
+ * urcu-bp registers a reader lazily on its first read lock and unregisters
+ * it when the thread exits; the memb flavor hangs synchronize_rcu when a
+ * registered thread exits unregistered, and aborts when a thread registers
+ * twice (as it would if the application also used memb).
+ *
+ * Why batches: one call_rcu costs about 100 ns, more than a whole set. Each
+ * thread links what it retires through the objects' first words into a
+ * private list and hands the list to call_rcu once it holds BATCH_SIZE
+ * objects, at thread exit, or when cvi_reclaim_barrier asks for it.
+ *
+ * The lists are reachable from a registry so that a barrier can take the
+ * pending objects of every thread, including threads that are idle; that
+ * is why the owner pushes with a compare-and-swap (on its own cache line,
+ * uncontended but for a barrier) instead of a plain store.
+ */
+#include "reclaim.h"
+
+#include "alloc.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <urcu/urcu-bp.h>
+
+#define BATCH_SIZE 128
+
+typedef void (*dispose_fn)(void *obj);
+
+struct pending {
+    _Atomic(void *) head;      /* retired objects, linked through their first word */
+    _Atomic(dispose_fn) dispose; /* how to dispose of every object in the list */
+    unsigned count;            /* owner's estimate of the list's length */
+    bool registered;
+    struct pending *prev, *next; /* registry links, under registry_lock */
+};
+
+struct batch {
+    struct rcu_head rcu;
+    dispose_fn dispose;
+    void *list;
+};
+
+static __thread struct pending thread_pending __attribute__((tls_model("initial-exec")));
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pending *registry;
+static pthread_key_t thread_exit_key;
+static pthread_once_t thread_exit_key_once = PTHREAD_ONCE_INIT;
+
+void cvi_read_lock(void)
+{
+    urcu_bp_read_lock();
+}
+
+void cvi_read_unlock(void)
+{
+    urcu_bp_read_unlock();
+}
+
+static void dispose_list(void *list, dispose_fn dispose)
+{
+    while (list) {
+        void *next = *(void **)list;
+        dispose(list);
+        list = next;
+    }
+}
+
+static void dispose_batch(struct rcu_head *rcu)
+{
+    struct batch *batch = caa_container_of(rcu, struct batch, rcu);
+    dispose_list(batch->list, batch->dispose);
+    cvi_free(batch, sizeof(*batch));
+}
+
+static void submit(void *list, dispose_fn dispose)
+{
+    if (!list)
+        return;
+    struct batch *batch = cvi_alloc(sizeof(*batch));
+    if (!batch) {
+        /* Out of memory for the batch header: wait for the grace period
+         * here instead. Slow, but retiring must not fail. */
+        urcu_bp_synchronize_rcu();
+        dispose_list(list, dispose);
+        return;
+    }
+    batch->dispose = dispose;
+    batch->list = list;
+    urcu_bp_call_rcu(&batch->rcu, dispose_batch);
+}
+
+static void flush(struct pending *pending)
+{
+    /* Acquire: pairs with the release push, so the links written into the
+     * objects are visible before we walk them. */
+    void *list = atomic_exchange_explicit(&pending->head, NULL, memory_order_acquire);
+    pending->count = 0;
+    submit(list, atomic_load_explicit(&pending->dispose, memory_order_relaxed));
+}
+
+static void on_thread_exit(void *arg)
+{
+    struct pending *pending = arg;
+    flush(pending);
+    pthread_mutex_lock(&registry_lock);
+    if (pending->prev)
+        pending->prev->next = pending->next;
+    else
+        registry = pending->next;
+    if (pending->next)
+        pending->next->prev = pending->prev;
+    pthread_mutex_unlock(&registry_lock);
+    pending->registered = false;
+}
+
+static void create_thread_exit_key(void)
+{
+    /* Without the key, retired objects of exiting threads would be lost. */
+    if (pthread_key_create(&thread_exit_key, on_thread_exit) != 0)
+        abort();
+}
+
+static void register_thread(struct pending *pending)
+{
+    pthread_once(&thread_exit_key_once, create_thread_exit_key);
+    pthread_mutex_lock(&registry_lock);
+    pending->prev = NULL;
+    pending->next = registry;
+    if (registry)
+        registry->prev = pending;
+    registry = pending;
+    pthread_mutex_unlock(&registry_lock);
+    pending->registered = true;
+    pthread_setspecific(thread_exit_key, pending);
+}
+
+void cvi_retire(void *obj, void (*dispose)(void *obj))
+{
+    struct pending *pending = &thread_pending;
+    if (!pending->registered)
+        register_thread(pending);
+    if (atomic_load_explicit(&pending->dispose, memory_order_relaxed) != dispose) {
+        flush(pending);
+        /* Relaxed: the release push below publishes it to a barrier. */
+        atomic_store_explicit(&pending->dispose, dispose, memory_order_relaxed);
+    }
+    void *head = atomic_load_explicit(&pending->head, memory_order_relaxed);
+    do {
+        *(void **)obj = head;
+        /* Release: the link must be visible to a barrier that takes the
+         * list. Relaxed on failure: we only retry. */
+    } while (!atomic_compare_exchange_weak_explicit(&pending->head, &head, obj,
+                                                    memory_order_release, memory_order_relaxed));
+    if (++pending->count >= BATCH_SIZE)
+        flush(pending);
+}
+
+void cvi_reclaim_barrier(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (struct pending *pending = registry; pending; pending = pending->next)
+        flush(pending);
+    pthread_mutex_unlock(&registry_lock);
+    urcu_bp_barrier();
+}
+
+/*
+ * fork(): pause the call_rcu worker between callbacks first (a callback may
+ * take library locks), then hold the registry so no thread is half-linked,
+ * then let urcu-bp quiesce its own registry.
+ */
+void cvi_reclaim_before_fork(void)
+{
+    urcu_bp_call_rcu_before_fork();
+    pthread_mutex_lock(&registry_lock);
+    urcu_bp_before_fork();
+}
+
+void cvi_reclaim_after_fork_parent(void)
+{
+    urcu_bp_after_fork_parent();
+    pthread_mutex_unlock(&registry_lock);
+    urcu_bp_call_rcu_after_fork_parent();
+}
+
+void cvi_reclaim_after_fork_child(void)
+{
+    urcu_bp_after_fork_child();
+    /* The other threads' pending lists stay registered: their memory is
+     * still mapped in the child, and a barrier there disposes of them. */
+    pthread_mutex_unlock(&registry_lock);
+    urcu_bp_call_rcu_after_fork_child();
+}

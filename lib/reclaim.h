@@ -1,0 +1,32 @@
+/*
+ * Deferred reclamation through RCU (liburcu's bulletproof flavor).
+ *
+ * Objects that a concurrent reader may still be walking are retired here
+ * instead of being freed; they are disposed of after a grace period, when
+ * every read-side critical section that could have seen them has ended.
+ * Retirements are batched per thread: one call_rcu per batch, never one
+ * per object. This layer knows nothing of what it reclaims.
+ */
+#ifndef CV_RECLAIM_H
+#define CV_RECLAIM_H
+
+/* Read-side critical section around a walk of shared objects. Nests. */
+void cvi_read_lock(void);
+void cvi_read_unlock(void);
+
+/* Disposes of `obj` after a grace period by calling dispose(obj), on some
+ * other thread. The first pointer-sized word of `obj` belongs to this layer
+ * from now on. Never fails; must not be called inside a read-side critical
+ * section. */
+void cvi_retire(void *obj, void (*dispose)(void *obj));
+
+/* Returns once everything retired by any thread before the call has been
+ * disposed of. */
+void cvi_reclaim_barrier(void);
+
+/* fork() handlers, run by the library's pthread_atfork hooks. */
+void cvi_reclaim_before_fork(void);
+void cvi_reclaim_after_fork_parent(void);
+void cvi_reclaim_after_fork_child(void);
+
+#endif

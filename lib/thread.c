@@ -1,0 +1,195 @@
+/*
+ * Per-thread state: the base context, created on first need; the stack of
+ * entered contexts; cleanup at thread exit; threads that inherit a copy of
+ * their creator's context; fork handlers.
+ *
+ * The state is a plain __thread struct, so a thread that only reads
+ * variables (cv_get on an empty base) allocates nothing. Cleanup runs from
+ * a pthread key destructor armed when the thread first gets a context.
+ */
+#include "thread.h"
+
+#include "alloc.h"
+#include "context.h"
+#include "reclaim.h"
+#include "var.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Ids come in blocks so that making contexts on many threads at once does
+ * not contend on one counter. */
+#define CONTEXT_ID_BLOCK 1024
+
+__thread struct cvi_thread cvi_thread_state __attribute__((tls_model("initial-exec")));
+
+static pthread_key_t thread_exit_key;
+static pthread_once_t thread_exit_key_once = PTHREAD_ONCE_INIT;
+static atomic_uint_fast64_t next_context_id_block = 1; /* id 0 marks an empty token */
+
+uint64_t cvi_thread_next_context_id(void)
+{
+    struct cvi_thread *thread = &cvi_thread_state;
+    if (thread->next_context_id == thread->context_id_end) {
+        /* Relaxed: only uniqueness matters, which the RMW gives. */
+        thread->next_context_id = atomic_fetch_add_explicit(
+            &next_context_id_block, CONTEXT_ID_BLOCK, memory_order_relaxed);
+        thread->context_id_end = thread->next_context_id + CONTEXT_ID_BLOCK;
+    }
+    return thread->next_context_id++;
+}
+
+/* Leaves every entered context, the base included, and frees the stack and
+ * the cache. */
+static void on_thread_exit(void *arg)
+{
+    struct cvi_thread *thread = arg;
+    while (thread->depth) {
+        cv_context_t *ctx = thread->stack[--thread->depth];
+        cvi_context_leave(ctx);
+    }
+    if (thread->stack != thread->inline_stack)
+        cvi_free(thread->stack, thread->stack_capacity * sizeof(*thread->stack));
+    thread->stack = NULL;
+    thread->stack_capacity = 0;
+    thread->run_floor = 0;
+    cvi_free(thread->cache, thread->cache_len * sizeof(*thread->cache));
+    thread->cache = NULL;
+    thread->cache_len = 0;
+    thread->version++;
+    thread->exit_hook_armed = false;
+}
+
+static void create_thread_exit_key(void)
+{
+    /* Without the key, every thread's contexts would leak at its exit. */
+    if (pthread_key_create(&thread_exit_key, on_thread_exit) != 0)
+        abort();
+}
+
+static bool arm_exit_hook(struct cvi_thread *thread)
+{
+    if (thread->exit_hook_armed)
+        return true;
+    pthread_once(&thread_exit_key_once, create_thread_exit_key);
+    thread->exit_hook_armed = pthread_setspecific(thread_exit_key, thread) == 0;
+    return thread->exit_hook_armed;
+}
+
+/* Installs `base`, which the thread now owns, at the bottom of its stack. */
+static void install_base(struct cvi_thread *thread, cv_context_t *base)
+{
+    cvi_context_claim(base, thread);
+    thread->stack = thread->inline_stack;
+    thread->stack_capacity = CVI_INLINE_STACK;
+    thread->stack[0] = base;
+    thread->depth = 1;
+    thread->run_floor = 0;
+    thread->version++;
+}
+
+struct cvi_thread *cvi_thread_ready(void)
+{
+    struct cvi_thread *thread = &cvi_thread_state;
+    if (thread->depth)
+        return thread;
+    if (!arm_exit_hook(thread))
+        return NULL;
+    cv_context_t *base = cv_context_new();
+    if (!base)
+        return NULL;
+    install_base(thread, base);
+    return thread;
+}
+
+bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx)
+{
+    if (thread->depth == thread->stack_capacity) {
+        uint32_t capacity = thread->stack_capacity * 2;
+        cv_context_t **grown = cvi_alloc(capacity * sizeof(*grown));
+        if (!grown)
+            return false;
+        memcpy(grown, thread->stack, thread->depth * sizeof(*grown));
+        if (thread->stack != thread->inline_stack)
+            cvi_free(thread->stack, thread->stack_capacity * sizeof(*grown));
+        thread->stack = grown;
+        thread->stack_capacity = capacity;
+    }
+    thread->stack[thread->depth++] = ctx;
+    return true;
+}
+
+cv_context_t *cv_context_current(void)
+{
+    struct cvi_thread *thread = cvi_thread_ready();
+    return thread ? cvi_thread_current(thread) : NULL;
+}
+
+/* ---------------------------------------------------------------- threads */
+
+struct thread_start {
+    void *(*start)(void *);
+    void *arg;
+    cv_context_t *inherited;
+};
+
+static void *start_with_inherited_context(void *arg)
+{
+    struct thread_start boot = *(struct thread_start *)arg;
+    cvi_free(arg, sizeof(boot));
+    struct cvi_thread *thread = &cvi_thread_state;
+    /* If the exit hook cannot be armed (pthread_setspecific out of memory),
+     * the thread still runs in its context; only its cleanup is lost. */
+    arm_exit_hook(thread);
+    install_base(thread, boot.inherited);
+    return boot.start(boot.arg);
+}
+
+int cv_thread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*start)(void *),
+                     void *arg)
+{
+    if (!thread || !start)
+        return EINVAL;
+    struct thread_start *boot = cvi_alloc(sizeof(*boot));
+    cv_context_t *inherited = boot ? cv_copy_context() : NULL;
+    if (!inherited) {
+        cvi_free(boot, sizeof(*boot));
+        return ENOMEM;
+    }
+    *boot = (struct thread_start){start, arg, inherited};
+    int error = pthread_create(thread, attr, start_with_inherited_context, boot);
+    if (error) {
+        cv_context_release(inherited);
+        cvi_free(boot, sizeof(*boot));
+    }
+    return error;
+}
+
+/* ------------------------------------------------------------------- fork */
+
+/* Lock order: the RCU worker is paused first (its callbacks take the slot
+ * lock), then the library's locks; released in reverse. */
+static void before_fork(void)
+{
+    cvi_reclaim_before_fork();
+    cvi_var_before_fork();
+}
+
+static void after_fork_parent(void)
+{
+    cvi_var_after_fork();
+    cvi_reclaim_after_fork_parent();
+}
+
+static void after_fork_child(void)
+{
+    cvi_var_after_fork();
+    cvi_reclaim_after_fork_child();
+}
+
+__attribute__((constructor)) static void register_fork_handlers(void)
+{
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}

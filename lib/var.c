@@ -1,0 +1,383 @@
+/*
+ * Variables, tokens and the per-thread lookup cache.
+ *
+ * The cache: every thread has an array of (version, value) entries indexed
+ * by a small integer slot that each variable gets at creation. A thread's
+ * version changes whenever what cv_get can see on that thread changes (a
+ * set or reset by the thread, an enter or exit), and nothing else can
+ * change it: only the thread that has a context entered may write it. So an
+ * entry whose version equals the thread's is exactly what a full lookup
+ * would return. A warm cv_get is a TLS load, a bounds check, one compare
+ * and a load from memory no other thread touches.
+ *
+ * Only values found in the map are cached, never defaults. That keeps slot
+ * reuse safe without generation counts: an entry at the current version
+ * was found in the current context, which therefore still holds the
+ * variable, which therefore is alive and still owns its slot.
+ */
+#include "var.h"
+
+#include "alloc.h"
+#include "context.h"
+#include "testing.h"
+#include "thread.h"
+
+#include <pthread.h>
+#include <string.h>
+
+enum token_flags {
+    TOKEN_LIVE = 1u,    /* may still be reset or discarded */
+    TOKEN_HAS_OLD = 2u, /* the variable had a value before the set */
+    TOKEN_HOLDS = 4u,   /* holds a reference to the variable and its old value */
+};
+
+/* ------------------------------------------------------------------ slots */
+
+/* Slots are reused so that per-thread caches stay as small as the number
+ * of live variables. free_slots always has room for every slot ever handed
+ * out, so giving one back never allocates. */
+static pthread_mutex_t slot_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint32_t slots_handed_out;
+static uint32_t *free_slots;
+static uint32_t free_slot_count, free_slot_capacity;
+
+static bool slot_take(uint32_t *slot)
+{
+    bool ok = true;
+    pthread_mutex_lock(&slot_lock);
+    if (free_slot_count) {
+        *slot = free_slots[--free_slot_count];
+    } else if (slots_handed_out == UINT32_MAX) {
+        ok = false;
+    } else {
+        if (slots_handed_out == free_slot_capacity) {
+            uint32_t capacity = free_slot_capacity ? free_slot_capacity * 2 : 64;
+            uint32_t *grown = cvi_alloc(capacity * sizeof(*grown));
+            if (grown) {
+                if (free_slots)
+                    memcpy(grown, free_slots, free_slot_count * sizeof(*grown));
+                cvi_free(free_slots, free_slot_capacity * sizeof(*free_slots));
+                free_slots = grown;
+                free_slot_capacity = capacity;
+            }
+            ok = grown != NULL;
+        }
+        if (ok)
+            *slot = slots_handed_out++;
+    }
+    pthread_mutex_unlock(&slot_lock);
+    return ok;
+}
+
+static void slot_give(uint32_t slot)
+{
+    pthread_mutex_lock(&slot_lock);
+    free_slots[free_slot_count++] = slot;
+    pthread_mutex_unlock(&slot_lock);
+}
+
+void cvi_var_before_fork(void)
+{
+    pthread_mutex_lock(&slot_lock);
+}
+
+void cvi_var_after_fork(void)
+{
+    pthread_mutex_unlock(&slot_lock);
+}
+
+/* -------------------------------------------------------------- variables */
+
+/* Mixes the never-reused serial with the address, so that variables made
+ * one after another spread over the whole trie instead of sharing long
+ * hash prefixes, and no hash depends on user data. */
+static uint32_t variable_hash(const cv_var_t *var)
+{
+    uint64_t x = var->serial ^ ((uint64_t)(uintptr_t)var << 17);
+    x += 0x9e3779b97f4a7c15u;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9u;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebu;
+    x ^= x >> 31;
+    return (uint32_t)(x ^ (x >> 32));
+}
+
+cv_var_t *cv_var_new(const char *name, const cv_var_opts_t *opts)
+{
+    static atomic_uint_fast64_t next_serial = 1;
+    if (!name)
+        return NULL;
+    size_t name_size = strlen(name) + 1;
+    cv_var_t *var = cvi_alloc(sizeof(*var));
+    char *name_copy = cvi_alloc(name_size);
+    uint32_t slot;
+    if (!var || !name_copy || !slot_take(&slot)) {
+        cvi_free(name_copy, name_size);
+        cvi_free(var, sizeof(*var));
+        return NULL;
+    }
+    memcpy(name_copy, name, name_size);
+    *var = (cv_var_t){
+        .slot = slot,
+        /* Relaxed: only uniqueness matters, which the RMW gives. */
+        .serial = atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed),
+        .name = name_copy,
+        .name_size = name_size,
+    };
+    if (opts) {
+        var->default_value = opts->default_value;
+        var->has_default = opts->has_default;
+        var->retain = opts->retain;
+        var->release = opts->release;
+    }
+    var->hash = variable_hash(var);
+    atomic_init(&var->refs, 1);
+    return var;
+}
+
+void cvi_var_ref(cv_var_t *var)
+{
+    /* Relaxed: the caller holds a reference already. */
+    atomic_fetch_add_explicit(&var->refs, 1, memory_order_relaxed);
+}
+
+void cvi_var_unref(cv_var_t *var)
+{
+    /* Release/acquire: every use of the variable happens before its free. */
+    if (atomic_fetch_sub_explicit(&var->refs, 1, memory_order_release) != 1)
+        return;
+    atomic_thread_fence(memory_order_acquire);
+    slot_give(var->slot);
+    cvi_free(var->name, var->name_size);
+    cvi_free(var, sizeof(*var));
+}
+
+void cv_var_release(cv_var_t *var)
+{
+    if (var)
+        cvi_var_unref(var);
+}
+
+const char *cv_var_name(const cv_var_t *var)
+{
+    return var ? var->name : NULL;
+}
+
+void cv_testing_set_var_hash(cv_var_t *var, uint32_t hash)
+{
+    var->hash = hash;
+}
+
+static uint32_t entry_hash(const void *key)
+{
+    return ((const cv_var_t *)key)->hash;
+}
+
+static void entry_retain(void *key, void *value)
+{
+    cv_var_t *var = key;
+    cvi_var_ref(var);
+    if (var->retain)
+        var->retain(value);
+}
+
+static void entry_release(void *key, void *value)
+{
+    cv_var_t *var = key;
+    if (var->release)
+        var->release(value);
+    cvi_var_unref(var);
+}
+
+const cvi_hamt_ops cvi_var_entry_ops = {entry_hash, entry_retain, entry_release};
+
+/* ------------------------------------------------------------------ cache */
+
+static void cache_store(struct cvi_thread *thread, const cv_var_t *var, void *value)
+{
+    if (var->slot >= thread->cache_len) {
+        /* Growth failing only costs the next get a full lookup. */
+        uint32_t len = thread->cache_len ? thread->cache_len : 64;
+        while (len <= var->slot)
+            len *= 2;
+        struct cvi_cache_entry *grown = cvi_alloc(len * sizeof(*grown));
+        if (!grown)
+            return;
+        if (thread->cache)
+            memcpy(grown, thread->cache, thread->cache_len * sizeof(*grown));
+        /* Version 0 never matches: a thread's version is at least 1 once it
+         * has a context. */
+        memset(grown + thread->cache_len, 0, (len - thread->cache_len) * sizeof(*grown));
+        cvi_free(thread->cache, thread->cache_len * sizeof(*grown));
+        thread->cache = grown;
+        thread->cache_len = len;
+    }
+    thread->cache[var->slot] = (struct cvi_cache_entry){thread->version, value};
+}
+
+static __attribute__((noinline)) bool lookup_slow(struct cvi_thread *thread, cv_var_t *var,
+                                                   void **value)
+{
+    cv_context_t *ctx = cvi_thread_current(thread);
+    if (!ctx || !cvi_hamt_find(cvi_context_owned_root(ctx), var, var->hash, value))
+        return false;
+    cache_store(thread, var, *value);
+    return true;
+}
+
+static inline bool lookup(cv_var_t *var, void **value)
+{
+    struct cvi_thread *thread = &cvi_thread_state;
+    if (__builtin_expect(var->slot < thread->cache_len, 1)) {
+        const struct cvi_cache_entry *entry = &thread->cache[var->slot];
+        if (__builtin_expect(entry->version == thread->version, 1)) {
+            *value = entry->value;
+            return true;
+        }
+    }
+    return lookup_slow(thread, var, value);
+}
+
+cv_status_t cv_get(cv_var_t *var, void **out)
+{
+    if (!var || !out)
+        return CV_EINVAL;
+    if (lookup(var, out))
+        return CV_OK;
+    if (!var->has_default)
+        return CV_ENOVALUE;
+    *out = var->default_value;
+    return CV_OK;
+}
+
+void *cv_get_or(cv_var_t *var, void *fallback)
+{
+    void *value;
+    return var && lookup(var, &value) ? value : fallback;
+}
+
+/* ------------------------------------------------------------------- sets */
+
+static void token_clear(cv_token_t *token)
+{
+    if (token)
+        *token = (cv_token_t){0};
+}
+
+static void token_fill(cv_token_t *token, cv_var_t *var, const cv_context_t *ctx,
+                       void *old_value, bool had_old)
+{
+    /* A variable with hooks may see its old value released while the token
+     * waits, so the token keeps it (and the variable, to release it). */
+    bool holds = var->retain || var->release;
+    if (holds) {
+        cvi_var_ref(var);
+        if (had_old && var->retain)
+            var->retain(old_value);
+    }
+    *token = (cv_token_t){
+        .cv_private_var = var,
+        .cv_private_old_value = had_old ? old_value : NULL,
+        .cv_private_var_serial = var->serial,
+        .cv_private_context_id = ctx->id,
+        .cv_private_flags = TOKEN_LIVE | (had_old ? TOKEN_HAS_OLD : 0) | (holds ? TOKEN_HOLDS : 0),
+    };
+}
+
+/* Drops what a live token holds and marks it used; var and old value stay
+ * readable, as in Python. */
+static void token_spend(cv_token_t *token)
+{
+    if (token->cv_private_flags & TOKEN_HOLDS) {
+        cv_var_t *var = token->cv_private_var;
+        if ((token->cv_private_flags & TOKEN_HAS_OLD) && var->release)
+            var->release(token->cv_private_old_value);
+        cvi_var_unref(var);
+    }
+    token->cv_private_flags &= ~(uint32_t)(TOKEN_LIVE | TOKEN_HOLDS);
+}
+
+/* Makes `new_root` the current context's map, as a set by this thread. */
+static void commit(struct cvi_thread *thread, cv_context_t *ctx, cvi_hamt_node *new_root)
+{
+    cvi_context_publish(ctx, new_root);
+    thread->version++;
+}
+
+cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
+{
+    if (!var) {
+        token_clear(token);
+        return CV_EINVAL;
+    }
+    struct cvi_thread *thread = cvi_thread_ready();
+    cvi_hamt_node *new_root;
+    void *old_value;
+    bool had_old;
+    cv_context_t *ctx = thread ? cvi_thread_current(thread) : NULL;
+    if (!ctx || !cvi_hamt_assoc(cvi_context_owned_root(ctx), var, var->hash, value,
+                                &cvi_var_entry_ops, &new_root, &old_value, &had_old)) {
+        token_clear(token);
+        return CV_ENOMEM;
+    }
+    if (token)
+        token_fill(token, var, ctx, old_value, had_old);
+    commit(thread, ctx, new_root);
+    cache_store(thread, var, value); /* a get right after a set still hits */
+    return CV_OK;
+}
+
+cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
+{
+    if (!var || !token)
+        return CV_EINVAL;
+    uint32_t flags = token->cv_private_flags;
+    if (!(flags & TOKEN_LIVE))
+        return CV_ETOKEN_USED;
+    if (token->cv_private_var != var || token->cv_private_var_serial != var->serial)
+        return CV_ETOKEN_VAR;
+    struct cvi_thread *thread = &cvi_thread_state;
+    cv_context_t *ctx = cvi_thread_current(thread);
+    if (!ctx || ctx->id != token->cv_private_context_id)
+        return CV_ETOKEN_CONTEXT;
+
+    cvi_hamt_node *root = cvi_context_owned_root(ctx), *new_root;
+    void *old_value = token->cv_private_old_value, *replaced;
+    bool had_value;
+    bool ok = (flags & TOKEN_HAS_OLD)
+                  ? cvi_hamt_assoc(root, var, var->hash, old_value, &cvi_var_entry_ops, &new_root,
+                                   &replaced, &had_value)
+                  : cvi_hamt_without(root, var, var->hash, &cvi_var_entry_ops, &new_root);
+    if (!ok)
+        return CV_ENOMEM;
+    commit(thread, ctx, new_root);
+    if (flags & TOKEN_HAS_OLD)
+        cache_store(thread, var, old_value);
+    token_spend(token);
+    return CV_OK;
+}
+
+/* ----------------------------------------------------------------- tokens */
+
+cv_var_t *cv_token_var(const cv_token_t *token)
+{
+    return token ? token->cv_private_var : NULL;
+}
+
+bool cv_token_old_value(const cv_token_t *token, void **out)
+{
+    if (!token || !out || !(token->cv_private_flags & TOKEN_HAS_OLD))
+        return false;
+    *out = token->cv_private_old_value;
+    return true;
+}
+
+bool cv_token_used(const cv_token_t *token)
+{
+    return !token || !(token->cv_private_flags & TOKEN_LIVE);
+}
+
+void cv_token_discard(cv_token_t *token)
+{
+    if (token && (token->cv_private_flags & TOKEN_LIVE))
+        token_spend(token);
+}

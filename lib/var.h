@@ -1,0 +1,44 @@
+/*
+ * Variables as the rest of the library sees them.
+ */
+#ifndef CV_VAR_H
+#define CV_VAR_H
+
+#include "hamt.h"
+
+#include <ctxvars.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct cv_var {
+    /* Read by every lookup, written only at creation: kept apart from the
+     * reference count so that readers on many cores share the line
+     * without invalidations. */
+    uint32_t hash; /* map hash: never derived from user data */
+    uint32_t slot; /* index into each thread's lookup cache; reused after free */
+    uint64_t serial; /* never reused: tells a variable from one at a reused address */
+    void *default_value;
+    bool has_default;
+    void (*retain)(void *value);
+    void (*release)(void *value);
+    char *name;
+    size_t name_size;
+    /* The creator's reference, one per map entry, one per token that holds
+     * the variable. */
+    atomic_size_t refs;
+};
+_Static_assert(offsetof(struct cv_var, refs) >= 64, "refs must not share the lookup line");
+
+/* How the map keeps references to (variable, value) entries. */
+extern const cvi_hamt_ops cvi_var_entry_ops;
+
+/* Reference counting of a variable's storage. */
+void cvi_var_ref(cv_var_t *var);
+void cvi_var_unref(cv_var_t *var);
+
+/* fork() handlers for the slot allocator's lock. */
+void cvi_var_before_fork(void);
+void cvi_var_after_fork(void);
+
+#endif
