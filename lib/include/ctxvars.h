@@ -121,15 +121,18 @@ CV_EXPORT cv_status_t cv_reset(cv_var_t *var, cv_token_t *token);
 /* ---------------------------------------------------------------- tokens */
 
 
-/* The variable the token was made by; NULL for an empty token. The pointer
- * stays valid while the token is live if the variable has hooks (the token
- * then holds a reference); otherwise only while the caller keeps the
- * variable. */
+/* The variable the token was made by; NULL for an empty token. Like
+ * Python's token.var it stays readable after the token is used. While the
+ * token is live it holds a reference to the variable if the variable has
+ * retain/release hooks; otherwise, and once the token is used, the pointer
+ * is only valid while the caller keeps the variable. */
 CV_EXPORT cv_var_t *cv_token_var(const cv_token_t *token);
 
 /* The value before the set into *out and true; false for MISSING (the
- * variable had no value), for a used token, or a NULL argument; *out is then
- * untouched. */
+ * variable had no value), for an empty token or a NULL argument, and *out
+ * is then untouched. Like Python's token.old_value it stays readable after
+ * the token is used; only a live token keeps the value alive (through the
+ * variable's retain hook). */
 CV_EXPORT bool cv_token_old_value(const cv_token_t *token, void **out);
 
 /* True once reset or discarded, for an empty token, and for NULL. */
