@@ -3,21 +3,37 @@
  * has it entered.
  *
  * Only the owner (the thread that has the context entered) replaces the
- * root, with a release store after building the new map, and it retires
- * the old root instead of freeing it. Any other thread reads the root with
- * an acquire load inside an RCU read-side critical section, so every node
- * it walks stays allocated until it is done, and it sees one complete map:
- * the one before or the one after each set. A reader that wants to keep
- * the map (copy, iteration, equality) takes a reference to the root while
- * still inside the critical section; if the owner has just dropped that
- * root's last reference, it loads the root again and finds the newer one.
- * A context that no thread has entered never changes.
+ * root. Any other thread reads the root inside an RCU read-side critical
+ * section, so every node it walks stays allocated until it is done, and it
+ * sees one complete map: the one before or the one after each set. A
+ * reader that wants to keep the map (copy, iteration, equality) takes a
+ * reference to the root while still inside the critical section; if the
+ * owner has just dropped that root's last reference, it loads the root
+ * again and finds the newer one. A context that no thread has entered never
+ * changes.
+ *
+ * Most contexts are never read by a thread that does not own them, and
+ * sending their replaced roots through RCU would cost a cross-thread free
+ * per set. So a foreign reader first raises the context's foreign_readers
+ * flag, and the owner, after storing a new root, checks the flag: raised,
+ * the old root is marked shared and its last release retires it through
+ * RCU; down, it is freed at once. Each side stores, fences, then loads the
+ * other's location (Dekker), so either the owner sees the flag or the
+ * reader loads the new root and never sees the old one. The fences are
+ * asymmetric (reclaim.h): the owner's, on every set, is free; the reader's
+ * is a membarrier(2) call, paid once per context, by the first foreign
+ * reader. Marking the node, not just the context, covers a root shared by
+ * several contexts whose last reference is dropped by another owner.
  */
 #include "context.h"
 
 #include "alloc.h"
 #include "reclaim.h"
 #include "var.h"
+
+/* A reader that sees ANNOUNCED knows that a rare-side fence ran after the
+ * flag went up; one that sees RAISING runs its own. */
+enum foreign_readers { NO_FOREIGN_READERS, FOREIGN_READERS_RAISING, FOREIGN_READERS_ANNOUNCED };
 
 cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
 {
@@ -28,6 +44,7 @@ cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
     }
     atomic_init(&ctx->root, root);
     atomic_init(&ctx->owner, NULL);
+    atomic_init(&ctx->foreign_readers, NO_FOREIGN_READERS);
     atomic_init(&ctx->refs, 1);
     ctx->id = cvi_thread_next_context_id();
     return ctx;
@@ -40,17 +57,31 @@ static void dispose_node(void *node)
 
 void cvi_root_release(cvi_hamt_node *root)
 {
-    if (cvi_hamt_release(root))
+    if (!cvi_hamt_release(root))
+        return;
+    if (cvi_hamt_is_shared(root))
         cvi_retire(root, dispose_node);
+    else
+        dispose_node(root);
 }
 
 void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)
 {
     cvi_hamt_node *old_root = cvi_context_owned_root(ctx);
-    /* Release: the new map's nodes are complete before readers can reach
-     * them through this pointer. */
+    /* Release: the new nodes are complete before readers can reach them. */
     atomic_store_explicit(&ctx->root, new_root, memory_order_release);
-    cvi_root_release(old_root);
+    if (!old_root)
+        return;
+    /* The owner's half of the handshake: store root, fence, load flag. */
+    cvi_fence_hot();
+    if (atomic_load_explicit(&ctx->foreign_readers, memory_order_relaxed) != NO_FOREIGN_READERS) {
+        cvi_hamt_mark_shared(old_root);
+        cvi_root_release(old_root);
+    } else if (cvi_hamt_sole_owner(old_root)) {
+        dispose_node(old_root); /* nobody else can reach it: no atomic needed */
+    } else {
+        cvi_root_release(old_root);
+    }
 }
 
 bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread)
@@ -62,10 +93,15 @@ bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread)
                                                    memory_order_acquire, memory_order_relaxed);
 }
 
-void cvi_context_leave(cv_context_t *ctx)
+void cvi_context_disown(cv_context_t *ctx)
 {
     /* Release: publishes our sets to the next owner. */
     atomic_store_explicit(&ctx->owner, NULL, memory_order_release);
+}
+
+void cvi_context_leave(cv_context_t *ctx)
+{
+    cvi_context_disown(ctx);
     cv_context_release(ctx);
 }
 
@@ -73,6 +109,28 @@ static bool owned_by_caller(cv_context_t *ctx)
 {
     /* Relaxed: only this thread can store itself here. */
     return atomic_load_explicit(&ctx->owner, memory_order_relaxed) == &cvi_thread_state;
+}
+
+/* The reader's half of the handshake described at the top: raise the flag,
+ * fence, then load the root. Must run inside a read-side section. */
+static cvi_hamt_node *load_foreign_root(cv_context_t *ctx)
+{
+    /* Acquire: seeing ANNOUNCED orders our root load after the fence that
+     * the announcing reader ran. */
+    unsigned state = atomic_load_explicit(&ctx->foreign_readers, memory_order_acquire);
+    if (state != FOREIGN_READERS_ANNOUNCED) {
+        /* Relaxed: the fence below orders it before our root load. Test
+         * first so that later readers do not bounce the line. */
+        if (state == NO_FOREIGN_READERS)
+            atomic_store_explicit(&ctx->foreign_readers, FOREIGN_READERS_RAISING,
+                                  memory_order_relaxed);
+        cvi_fence_rare();
+        /* Release: hands the fence's effect on to readers that see it. */
+        atomic_store_explicit(&ctx->foreign_readers, FOREIGN_READERS_ANNOUNCED,
+                              memory_order_release);
+    }
+    /* Acquire: pairs with the owner's release store in publish. */
+    return atomic_load_explicit(&ctx->root, memory_order_acquire);
 }
 
 /* A reference to the current root of a context that another thread may be
@@ -87,10 +145,9 @@ static cvi_hamt_node *snapshot(cv_context_t *ctx)
         return root;
     }
     cvi_read_lock();
-    do {
-        /* Acquire: pairs with the owner's release store in publish. */
-        root = atomic_load_explicit(&ctx->root, memory_order_acquire);
-    } while (root && !cvi_hamt_try_retain(root));
+    do
+        root = load_foreign_root(ctx);
+    while (root && !cvi_hamt_try_retain(root));
     cvi_read_unlock();
     return root;
 }
@@ -130,7 +187,9 @@ void cv_context_release(cv_context_t *ctx)
 
 /* ------------------------------------------------------------- switching */
 
-cv_status_t cv_context_enter(cv_context_t *ctx)
+/* Pushes `ctx`; the stack takes a reference unless the caller lends its
+ * own for the duration (cv_context_run). */
+static cv_status_t enter(cv_context_t *ctx, bool take_reference)
 {
     if (!ctx)
         return CV_EINVAL;
@@ -140,15 +199,21 @@ cv_status_t cv_context_enter(cv_context_t *ctx)
     if (!cvi_context_claim(ctx, thread))
         return CV_EBUSY;
     if (!cvi_thread_push(thread, ctx)) {
-        atomic_store_explicit(&ctx->owner, NULL, memory_order_release);
+        cvi_context_disown(ctx);
         return CV_ENOMEM;
     }
-    cv_context_retain(ctx); /* the stack's reference */
+    if (take_reference)
+        cv_context_retain(ctx);
     thread->version++;
     return CV_OK;
 }
 
-/* Pops the top of the stack. */
+cv_status_t cv_context_enter(cv_context_t *ctx)
+{
+    return enter(ctx, true);
+}
+
+/* Pops the top of the stack, a context entered with cv_context_enter. */
 static void pop(struct cvi_thread *thread)
 {
     cv_context_t *top = thread->stack[--thread->depth];
@@ -171,9 +236,11 @@ cv_status_t cv_context_exit(cv_context_t *ctx)
 
 cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
 {
-    if (!ctx || !fn)
+    if (!fn)
         return CV_EINVAL;
-    cv_status_t status = cv_context_enter(ctx);
+    /* The caller's reference keeps ctx alive for the call: no refcount
+     * traffic, which keeps runs of one shared context scaling. */
+    cv_status_t status = enter(ctx, false);
     if (status != CV_OK)
         return status;
     struct cvi_thread *thread = &cvi_thread_state;
@@ -185,7 +252,9 @@ cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
         pop(thread); /* left entered by fn */
         status = CV_ENOTCURRENT;
     }
-    pop(thread);
+    thread->depth--;
+    thread->version++;
+    cvi_context_disown(ctx);
     return status;
 }
 
@@ -197,9 +266,7 @@ static bool find(cv_context_t *ctx, const cv_var_t *var, void **value)
     if (owned_by_caller(ctx))
         return cvi_hamt_find(cvi_context_owned_root(ctx), var, var->hash, value);
     cvi_read_lock();
-    /* Acquire: pairs with the owner's release store in publish. */
-    bool found = cvi_hamt_find(atomic_load_explicit(&ctx->root, memory_order_acquire), var,
-                               var->hash, value);
+    bool found = cvi_hamt_find(load_foreign_root(ctx), var, var->hash, value);
     cvi_read_unlock();
     return found;
 }
@@ -221,9 +288,10 @@ size_t cv_context_len(cv_context_t *ctx)
 {
     if (!ctx)
         return 0;
+    if (owned_by_caller(ctx))
+        return cvi_hamt_count(cvi_context_owned_root(ctx));
     cvi_read_lock();
-    /* Acquire: pairs with the owner's release store in publish. */
-    size_t len = cvi_hamt_count(atomic_load_explicit(&ctx->root, memory_order_acquire));
+    size_t len = cvi_hamt_count(load_foreign_root(ctx));
     cvi_read_unlock();
     return len;
 }

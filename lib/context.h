@@ -17,6 +17,9 @@ struct cv_context {
     _Atomic(cvi_hamt_node *) root;
     /* The thread that has the context entered, or NULL. */
     _Atomic(struct cvi_thread *) owner;
+    /* Raised, for good, by the first thread that reads the context without
+     * owning it; until then the owner frees replaced roots at once. */
+    atomic_uint foreign_readers; /* enum foreign_readers in context.c */
     atomic_size_t refs;
     uint64_t id;
 };
@@ -32,16 +35,19 @@ static inline cvi_hamt_node *cvi_context_owned_root(cv_context_t *ctx)
 }
 
 /* Replaces the owner's root with `new_root` (whose reference moves in) and
- * retires the old one. */
+ * drops the old one. */
 void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root);
 
 /* Makes `thread` the owner of a context nobody has entered; false if some
  * thread has. */
 bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread);
+/* Gives up ownership. */
+void cvi_context_disown(cv_context_t *ctx);
 /* Gives up ownership and the stack's reference. */
 void cvi_context_leave(cv_context_t *ctx);
 
-/* Drops a reference to a root, retiring it if it was the last. */
+/* Drops a reference to a root. The last reference frees it, after a grace
+ * period if a reader without a reference may still be walking it. */
 void cvi_root_release(cvi_hamt_node *root);
 
 #endif

@@ -71,6 +71,7 @@ struct cvi_hamt_node {
     void *dead_link;
     atomic_uint refs;
     uint8_t kind;
+    atomic_bool shared; /* see cvi_hamt_mark_shared */
     uint32_t len;   /* entries in this node */
     uint32_t count; /* keys in this subtree */
     uint32_t bitmap_or_hash;
@@ -89,6 +90,7 @@ static cvi_hamt_node *node_new(enum node_kind kind, uint32_t len, uint32_t bitma
         return NULL;
     atomic_init(&node->refs, 1);
     node->kind = (uint8_t)kind;
+    atomic_init(&node->shared, false);
     node->len = len;
     node->count = 0;
     node->bitmap_or_hash = bitmap_or_hash;
@@ -100,9 +102,23 @@ static unsigned slot_of(uint32_t hash, unsigned shift)
     return (hash >> shift) & SLOT_MASK;
 }
 
+/* Without -mpopcnt (the x86-64 baseline), __builtin_popcount is a call into
+ * libgcc; this is a dozen inline instructions. */
+static unsigned popcount32(uint32_t x)
+{
+#ifdef __POPCNT__
+    return (unsigned)__builtin_popcount(x);
+#else
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    x = (x + (x >> 4)) & 0x0f0f0f0fu;
+    return (x * 0x01010101u) >> 24;
+#endif
+}
+
 static unsigned index_of(uint32_t bitmap, uint32_t bit)
 {
-    return (unsigned)__builtin_popcount(bitmap & (bit - 1));
+    return popcount32(bitmap & (bit - 1));
 }
 
 void cvi_hamt_retain(cvi_hamt_node *node)
@@ -130,6 +146,12 @@ bool cvi_hamt_try_retain(cvi_hamt_node *node)
     return true;
 }
 
+bool cvi_hamt_sole_owner(const cvi_hamt_node *node)
+{
+    /* Acquire: pairs with the release decrements of the former owners. */
+    return atomic_load_explicit(&node->refs, memory_order_acquire) == 1;
+}
+
 bool cvi_hamt_release(cvi_hamt_node *node)
 {
     if (!node)
@@ -140,6 +162,19 @@ bool cvi_hamt_release(cvi_hamt_node *node)
         return false;
     atomic_thread_fence(memory_order_acquire);
     return true;
+}
+
+void cvi_hamt_mark_shared(cvi_hamt_node *node)
+{
+    /* Relaxed: the owner's release-decrement that follows publishes it to
+     * whoever drops the last reference. */
+    atomic_store_explicit(&node->shared, true, memory_order_relaxed);
+}
+
+bool cvi_hamt_is_shared(const cvi_hamt_node *node)
+{
+    /* Relaxed: read after the acquire fence of the last release. */
+    return atomic_load_explicit(&node->shared, memory_order_relaxed);
 }
 
 static void entry_retain(const struct entry *e, const cvi_hamt_ops *ops)

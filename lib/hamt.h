@@ -47,6 +47,10 @@ void cvi_hamt_retain(cvi_hamt_node *node);
 /* Takes a reference unless the count already reached zero (the node is
  * being retired): for readers that found the node without owning it. */
 bool cvi_hamt_try_retain(cvi_hamt_node *node);
+/* True when the caller's reference is the only one. Acquire: whoever
+ * dropped the others is done with the node. The caller must know that no
+ * new reference can appear meanwhile. */
+bool cvi_hamt_sole_owner(const cvi_hamt_node *node);
 /* Drops a reference; true when it was the last, and the caller must then
  * dispose of the node with cvi_hamt_destroy (at once, or once no reader can
  * still be walking it). Until then the node's first pointer-sized word is
@@ -58,6 +62,12 @@ bool cvi_hamt_release(cvi_hamt_node *node);
  * reference (only reachable through this node, so no reader can be in it
  * when the node itself is safe to free). */
 void cvi_hamt_destroy(cvi_hamt_node *node, const cvi_hamt_ops *ops);
+
+/* A mark for the caller's reclamation scheme: the node may still be walked
+ * by readers that hold no reference, so its disposal must wait. Set before
+ * dropping a reference; read by whoever drops the last one. */
+void cvi_hamt_mark_shared(cvi_hamt_node *node);
+bool cvi_hamt_is_shared(const cvi_hamt_node *node);
 
 bool cvi_hamt_equal(const cvi_hamt_node *a, const cvi_hamt_node *b, const cvi_hamt_ops *ops);
 

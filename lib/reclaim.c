@@ -17,6 +17,7 @@
  * is why the owner pushes with a compare-and-swap (on its own cache line,
  * uncontended but for a barrier) instead of a plain store.
  */
+#define _GNU_SOURCE /* syscall(2) */
 #include "reclaim.h"
 
 #include "alloc.h"
@@ -26,9 +27,33 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <urcu/urcu-bp.h>
 
 #define BATCH_SIZE 128
+
+/* ThreadSanitizer cannot see the ordering that liburcu provides (it is not
+ * instrumented): tell it that every read-side section that ended, and every
+ * retirement, happens before the disposals that follow a grace period. */
+#if defined(__SANITIZE_THREAD__)
+#define CV_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CV_TSAN 1
+#endif
+#endif
+#ifdef CV_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static char grace_period_order;
+#define tsan_release_to_grace_period() __tsan_release(&grace_period_order)
+#define tsan_acquire_from_grace_period() __tsan_acquire(&grace_period_order)
+#else
+#define tsan_release_to_grace_period() ((void)0)
+#define tsan_acquire_from_grace_period() ((void)0)
+#endif
 
 typedef void (*dispose_fn)(void *obj);
 
@@ -53,6 +78,34 @@ static struct pending *registry;
 static pthread_key_t thread_exit_key;
 static pthread_once_t thread_exit_key_once = PTHREAD_ONCE_INIT;
 
+bool cvi_fence_asymmetric;
+
+static bool membarrier_register(void)
+{
+    long commands = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    return commands > 0 && (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
+           syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+
+/* Decided before any other code of the library runs, so that no hot-side
+ * fence is ever a compiler barrier without a rare side to match it. */
+__attribute__((constructor)) static void choose_fences(void)
+{
+    cvi_fence_asymmetric = membarrier_register();
+}
+
+void cvi_fence_rare(void)
+{
+    if (!cvi_fence_asymmetric) {
+        atomic_thread_fence(memory_order_seq_cst);
+        return;
+    }
+    /* A registered process cannot see this fail; if the kernel ever did,
+     * going on would let a hot side free what a reader walks. */
+    if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+        abort();
+}
+
 void cvi_read_lock(void)
 {
     urcu_bp_read_lock();
@@ -60,6 +113,7 @@ void cvi_read_lock(void)
 
 void cvi_read_unlock(void)
 {
+    tsan_release_to_grace_period();
     urcu_bp_read_unlock();
 }
 
@@ -75,6 +129,7 @@ static void dispose_list(void *list, dispose_fn dispose)
 static void dispose_batch(struct rcu_head *rcu)
 {
     struct batch *batch = caa_container_of(rcu, struct batch, rcu);
+    tsan_acquire_from_grace_period();
     dispose_list(batch->list, batch->dispose);
     cvi_free(batch, sizeof(*batch));
 }
@@ -84,10 +139,12 @@ static void submit(void *list, dispose_fn dispose)
     if (!list)
         return;
     struct batch *batch = cvi_alloc(sizeof(*batch));
+    tsan_release_to_grace_period();
     if (!batch) {
         /* Out of memory for the batch header: wait for the grace period
          * here instead. Slow, but retiring must not fail. */
         urcu_bp_synchronize_rcu();
+        tsan_acquire_from_grace_period();
         dispose_list(list, dispose);
         return;
     }
@@ -192,6 +249,11 @@ void cvi_reclaim_after_fork_parent(void)
 
 void cvi_reclaim_after_fork_child(void)
 {
+    /* The child is a new memory map: its membarrier registration starts
+     * empty. Without it, fall back to full fences on both sides; no other
+     * thread is running yet, so none is mid-handshake. */
+    if (cvi_fence_asymmetric)
+        cvi_fence_asymmetric = membarrier_register();
     urcu_bp_after_fork_child();
     /* The other threads' pending lists stay registered: their memory is
      * still mapped in the child, and a barrier there disposes of them. */

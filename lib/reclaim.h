@@ -10,6 +10,9 @@
 #ifndef CV_RECLAIM_H
 #define CV_RECLAIM_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
+
 /* Read-side critical section around a walk of shared objects. Nests. */
 void cvi_read_lock(void);
 void cvi_read_unlock(void);
@@ -23,6 +26,23 @@ void cvi_retire(void *obj, void (*dispose)(void *obj));
 /* Returns once everything retired by any thread before the call has been
  * disposed of. */
 void cvi_reclaim_barrier(void);
+
+/* Asymmetric fences, for a store-then-load handshake (Dekker) between a hot
+ * side and a rare side. Together they order like two seq_cst fences. Where
+ * the kernel offers membarrier(2), the hot side's fence is only a compiler
+ * barrier and the rare side makes every running thread of the process
+ * execute a full barrier; elsewhere both are full fences. */
+extern bool cvi_fence_asymmetric;
+
+static inline void cvi_fence_hot(void)
+{
+    if (cvi_fence_asymmetric)
+        atomic_signal_fence(memory_order_seq_cst);
+    else
+        atomic_thread_fence(memory_order_seq_cst);
+}
+
+void cvi_fence_rare(void);
 
 /* fork() handlers, run by the library's pthread_atfork hooks. */
 void cvi_reclaim_before_fork(void);
