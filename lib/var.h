@@ -24,11 +24,12 @@ struct cv_var {
     void (*release)(void *value);
     char *name;
     size_t name_size;
-    /* The creator's reference, one per map entry, one per token that holds
+    void *allocation; /* where the cache-line-aligned struct was carved from */
+    /* On a line of its own: sets on other cores write it, gets never read it.
+     * The creator's reference, one per map entry, one per token that holds
      * the variable. */
-    atomic_size_t refs;
+    _Alignas(64) atomic_size_t refs;
 };
-_Static_assert(offsetof(struct cv_var, refs) >= 64, "refs must not share the lookup line");
 
 /* How the map keeps references to (variable, value) entries. */
 extern const cvi_hamt_ops cvi_var_entry_ops;
