@@ -57,8 +57,12 @@ static void dispose_node(void *node)
 
 void cvi_root_release(cvi_hamt_node *root)
 {
-    if (!cvi_hamt_release(root))
+    /* A sole owner may skip the atomic decrement: a new reference needs an
+     * existing one (see the top comment for readers that hold none). */
+    if (!root || !(cvi_hamt_sole_owner(root) || cvi_hamt_release(root)))
         return;
+    /* Read the mark only now: the acquire above orders it after the
+     * release-decrement of whoever set it. */
     if (cvi_hamt_is_shared(root))
         cvi_retire(root, dispose_node);
     else
@@ -74,14 +78,9 @@ void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)
         return;
     /* The owner's half of the handshake: store root, fence, load flag. */
     cvi_fence_hot();
-    if (atomic_load_explicit(&ctx->foreign_readers, memory_order_relaxed) != NO_FOREIGN_READERS) {
+    if (atomic_load_explicit(&ctx->foreign_readers, memory_order_relaxed) != NO_FOREIGN_READERS)
         cvi_hamt_mark_shared(old_root);
-        cvi_root_release(old_root);
-    } else if (cvi_hamt_sole_owner(old_root)) {
-        dispose_node(old_root); /* nobody else can reach it: no atomic needed */
-    } else {
-        cvi_root_release(old_root);
-    }
+    cvi_root_release(old_root);
 }
 
 bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread)
@@ -177,10 +176,16 @@ void cv_context_retain(cv_context_t *ctx)
 
 void cv_context_release(cv_context_t *ctx)
 {
-    /* Release/acquire: every use of the context happens before its free. */
-    if (!ctx || atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_release) != 1)
+    if (!ctx)
         return;
-    atomic_thread_fence(memory_order_acquire);
+    /* A sole owner skips the atomic decrement: a new reference needs an
+     * existing one. Acquire: former owners are done with the context. */
+    if (atomic_load_explicit(&ctx->refs, memory_order_acquire) != 1) {
+        /* Release/acquire: every use of the context happens before its free. */
+        if (atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_release) != 1)
+            return;
+        atomic_thread_fence(memory_order_acquire);
+    }
     cvi_root_release(cvi_context_owned_root(ctx));
     cvi_free(ctx, sizeof(*ctx));
 }
