@@ -12,24 +12,37 @@
  * again and finds the newer one. A context that no thread has entered never
  * changes.
  *
- * Most contexts are never read by a thread that does not own them, and
- * sending their replaced roots through RCU would cost a cross-thread free
- * per set. So a foreign reader first raises the context's foreign_readers
- * flag, and the owner, after storing a new root, checks the flag: raised,
- * the old root is marked shared and its last release retires it through
- * RCU; down, it is freed at once. Each side stores, fences, then loads the
- * other's location (Dekker), so either the owner sees the flag or the
- * reader loads the new root and never sees the old one. The fences are
- * asymmetric (reclaim.h): the owner's, on every set, is free; the reader's
- * is a membarrier(2) call, paid once per context, by the first foreign
- * reader. Marking the node, not just the context, covers a root shared by
- * several contexts whose last reference is dropped by another owner.
+ * Most contexts are never read by a thread that does not own them. Their
+ * owner need not copy paths at all: it updates its nodes in place where it
+ * holds the only reference, and frees what it replaces at once (both cost
+ * nothing like a cross-thread free through RCU). So a foreign reader
+ * announces itself first by raising the context's foreign_readers flag, for
+ * good, and the owner checks the flag at the start of each update and after
+ * storing each new root:
+ *
+ *  - before an update, the owner sets writing_in_place, fences and loads
+ *    the flag; the reader stores the flag, fences, and waits until
+ *    writing_in_place is clear. Either the owner sees the flag and copies
+ *    paths, or the reader waits for the update in place to end, after which
+ *    the owner sees the flag.
+ *  - after publishing a new root, the owner fences and loads the flag:
+ *    raised, the old root is marked shared and its last release retires it
+ *    through RCU; down, the reader loads the new root and never sees the
+ *    old one, which is freed at once.
+ *
+ * Each side stores, fences, then loads the other's location (Dekker). The
+ * fences are asymmetric (reclaim.h): the owner's, on every set, is free; the
+ * reader's is a membarrier(2) call, paid once per context by the first
+ * foreign reader. Marking the node, not just the context, covers a root
+ * shared by several contexts whose last reference another owner drops.
  */
 #include "context.h"
 
 #include "alloc.h"
 #include "reclaim.h"
 #include "var.h"
+
+#include <sched.h>
 
 /* A reader that sees ANNOUNCED knows that a rare-side fence ran after the
  * flag went up; one that sees RAISING runs its own. */
@@ -39,12 +52,13 @@ cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
 {
     cv_context_t *ctx = cvi_alloc(sizeof(*ctx));
     if (!ctx) {
-        cvi_root_release(root);
+        cvi_node_release(root);
         return NULL;
     }
     atomic_init(&ctx->root, root);
     atomic_init(&ctx->owner, NULL);
     atomic_init(&ctx->foreign_readers, NO_FOREIGN_READERS);
+    atomic_init(&ctx->writing_in_place, false);
     atomic_init(&ctx->refs, 1);
     ctx->id = cvi_thread_next_context_id();
     return ctx;
@@ -55,18 +69,18 @@ static void dispose_node(void *node)
     cvi_hamt_destroy(node, &cvi_var_entry_ops);
 }
 
-void cvi_root_release(cvi_hamt_node *root)
+void cvi_node_release(cvi_hamt_node *node)
 {
     /* A sole owner may skip the atomic decrement: a new reference needs an
      * existing one (see the top comment for readers that hold none). */
-    if (!root || !(cvi_hamt_sole_owner(root) || cvi_hamt_release(root)))
+    if (!node || !(cvi_hamt_sole_owner(node) || cvi_hamt_release(node)))
         return;
     /* Read the mark only now: the acquire above orders it after the
      * release-decrement of whoever set it. */
-    if (cvi_hamt_is_shared(root))
-        cvi_retire(root, dispose_node);
+    if (cvi_hamt_is_shared(node))
+        cvi_retire(node, dispose_node);
     else
-        dispose_node(root);
+        dispose_node(node);
 }
 
 void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)
@@ -76,11 +90,10 @@ void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)
     atomic_store_explicit(&ctx->root, new_root, memory_order_release);
     if (!old_root)
         return;
-    /* The owner's half of the handshake: store root, fence, load flag. */
     cvi_fence_hot();
-    if (atomic_load_explicit(&ctx->foreign_readers, memory_order_relaxed) != NO_FOREIGN_READERS)
+    if (cvi_foreign_readers_announced(ctx))
         cvi_hamt_mark_shared(old_root);
-    cvi_root_release(old_root);
+    cvi_node_release(old_root);
 }
 
 bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread)
@@ -124,6 +137,10 @@ static cvi_hamt_node *load_foreign_root(cv_context_t *ctx)
             atomic_store_explicit(&ctx->foreign_readers, FOREIGN_READERS_RAISING,
                                   memory_order_relaxed);
         cvi_fence_rare();
+        /* Acquire: pairs with end_write, so the nodes it changed in place
+         * are seen whole. */
+        while (atomic_load_explicit(&ctx->writing_in_place, memory_order_acquire))
+            sched_yield();
         /* Release: hands the fence's effect on to readers that see it. */
         atomic_store_explicit(&ctx->foreign_readers, FOREIGN_READERS_ANNOUNCED,
                               memory_order_release);
@@ -186,7 +203,7 @@ void cv_context_release(cv_context_t *ctx)
             return;
         atomic_thread_fence(memory_order_acquire);
     }
-    cvi_root_release(cvi_context_owned_root(ctx));
+    cvi_node_release(cvi_context_owned_root(ctx));
     cvi_free(ctx, sizeof(*ctx));
 }
 
@@ -309,8 +326,8 @@ bool cv_context_equal(cv_context_t *a, cv_context_t *b)
         return true;
     cvi_hamt_node *root_a = snapshot(a), *root_b = snapshot(b);
     bool equal = cvi_hamt_equal(root_a, root_b, &cvi_var_entry_ops);
-    cvi_root_release(root_a);
-    cvi_root_release(root_b);
+    cvi_node_release(root_a);
+    cvi_node_release(root_b);
     return equal;
 }
 
@@ -339,7 +356,7 @@ void cv_context_iter_fini(cv_context_iter_t *it)
 {
     if (!it)
         return;
-    cvi_root_release(it->cv_private_snapshot);
+    cvi_node_release(it->cv_private_snapshot);
     it->cv_private_snapshot = NULL;
     cvi_hamt_iter_init(&it->cv_private_walk, NULL);
 }

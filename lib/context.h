@@ -5,6 +5,7 @@
 #define CV_CONTEXT_H
 
 #include "hamt.h"
+#include "reclaim.h"
 #include "thread.h"
 
 #include <ctxvars.h>
@@ -20,6 +21,8 @@ struct cv_context {
     /* Raised, for good, by the first thread that reads the context without
      * owning it; until then the owner frees replaced roots at once. */
     atomic_uint foreign_readers; /* enum foreign_readers in context.c */
+    /* Set by the owner while it updates nodes in place. */
+    atomic_bool writing_in_place;
     atomic_size_t refs;
     uint64_t id;
 };
@@ -34,6 +37,33 @@ static inline cvi_hamt_node *cvi_context_owned_root(cv_context_t *ctx)
     return atomic_load_explicit(&ctx->root, memory_order_relaxed);
 }
 
+static inline bool cvi_foreign_readers_announced(cv_context_t *ctx)
+{
+    /* Relaxed: ordered by the fence before it (see context.c's top comment). */
+    return atomic_load_explicit(&ctx->foreign_readers, memory_order_relaxed) != 0;
+}
+
+/* Brackets an update in place by the owner. begin returns false, and the
+ * owner must copy paths instead, once a foreign reader has announced
+ * itself; end stores the (possibly new) root. */
+static inline bool cvi_context_begin_write(cv_context_t *ctx)
+{
+    /* Relaxed: the fence below orders it before the flag load. */
+    atomic_store_explicit(&ctx->writing_in_place, true, memory_order_relaxed);
+    cvi_fence_hot();
+    if (!cvi_foreign_readers_announced(ctx))
+        return true;
+    atomic_store_explicit(&ctx->writing_in_place, false, memory_order_relaxed);
+    return false;
+}
+
+static inline void cvi_context_end_write(cv_context_t *ctx, cvi_hamt_node *root)
+{
+    atomic_store_explicit(&ctx->root, root, memory_order_relaxed);
+    /* Release: a reader that sees the update end sees all of it. */
+    atomic_store_explicit(&ctx->writing_in_place, false, memory_order_release);
+}
+
 /* Replaces the owner's root with `new_root` (whose reference moves in) and
  * drops the old one. */
 void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root);
@@ -46,8 +76,8 @@ void cvi_context_disown(cv_context_t *ctx);
 /* Gives up ownership and the stack's reference. */
 void cvi_context_leave(cv_context_t *ctx);
 
-/* Drops a reference to a root. The last reference frees it, after a grace
+/* Drops a reference to a node. The last reference frees it, after a grace
  * period if a reader without a reference may still be walking it. */
-void cvi_root_release(cvi_hamt_node *root);
+void cvi_node_release(cvi_hamt_node *node);
 
 #endif

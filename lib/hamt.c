@@ -73,6 +73,7 @@ struct cvi_hamt_node {
     uint8_t kind;
     atomic_bool shared; /* see cvi_hamt_mark_shared */
     uint32_t len;   /* entries in this node */
+    uint32_t capacity; /* entries it has room for: more than len once shrunk in place */
     uint32_t count; /* keys in this subtree */
     uint32_t bitmap_or_hash;
     struct entry entries[];
@@ -92,6 +93,7 @@ static cvi_hamt_node *node_new(enum node_kind kind, uint32_t len, uint32_t bitma
     node->kind = (uint8_t)kind;
     atomic_init(&node->shared, false);
     node->len = len;
+    node->capacity = len;
     node->count = 0;
     node->bitmap_or_hash = bitmap_or_hash;
     return node;
@@ -193,11 +195,17 @@ static void entry_release(const struct entry *e, const cvi_hamt_ops *ops)
         cvi_hamt_destroy(e->value, ops);
 }
 
+/* Frees a node's memory alone: its entries belong to someone else now. */
+static void free_hollow(cvi_hamt_node *node)
+{
+    cvi_free(node, node_size(node->capacity));
+}
+
 void cvi_hamt_destroy(cvi_hamt_node *node, const cvi_hamt_ops *ops)
 {
     for (uint32_t i = 0; i < node->len; i++)
         entry_release(&node->entries[i], ops);
-    cvi_free(node, node_size(node->len));
+    free_hollow(node);
 }
 
 /* Frees a node that was built here and never returned. */
@@ -552,6 +560,276 @@ bool cvi_hamt_without(cvi_hamt_node *root, const void *key, uint32_t hash,
         *out = NULL;
         return true;
     case WITHOUT_NEW:
+        return true;
+    }
+    return false;
+}
+
+/* ---------------------------------------------------------- in place */
+
+/* A node that only the caller can reach: one reference, and not marked as
+ * walked by readers without one. Acquire (in sole_owner) before reading the
+ * mark, which its setter wrote before its release-decrement. */
+static bool exclusive(const cvi_hamt_node *node)
+{
+    return cvi_hamt_sole_owner(node) && !cvi_hamt_is_shared(node);
+}
+
+/* `node`, exclusive, grown by one entry (owned) at `index`: its entries
+ * move, the old memory is freed. NULL when memory is short. */
+static cvi_hamt_node *grow_in_place(cvi_hamt_node *node, uint32_t index, struct entry owned)
+{
+    cvi_hamt_node *grown = node_new(node->kind, node->len + 1, node->bitmap_or_hash);
+    if (!grown)
+        return NULL;
+    memcpy(grown->entries, node->entries, index * sizeof(struct entry));
+    grown->entries[index] = owned;
+    memcpy(grown->entries + index + 1, node->entries + index,
+           (node->len - index) * sizeof(struct entry));
+    grown->count = node->count;
+    free_hollow(node);
+    return grown;
+}
+
+static void remove_in_place(cvi_hamt_node *node, uint32_t index)
+{
+    memmove(node->entries + index, node->entries + index + 1,
+            (node->len - index - 1) * sizeof(struct entry));
+    node->len--;
+}
+
+/* Releases one reference to a node the caller no longer links to. */
+static void drop_subtree(cvi_hamt_node *node, const cvi_hamt_ops *ops)
+{
+    ops->drop_node(node);
+}
+
+static void replace_value(struct entry *slot, void *value, const cvi_hamt_ops *ops,
+                          struct assoc_result *result)
+{
+    result->had_old = true;
+    result->old_value = slot->value;
+    if (slot->value == value)
+        return;
+    /* The key's reference stays: only the value changes hands. */
+    ops->retain_value(slot->key, value);
+    ops->release_value(slot->key, slot->value);
+    slot->value = value;
+}
+
+/* The subtree that replaces `node`, whose reference it consumes: `node`
+ * itself when changed in place, else a new node. NULL when memory is
+ * short, and then nothing changed. */
+static cvi_hamt_node *assoc_in_place(cvi_hamt_node *node, unsigned shift, void *key,
+                                     uint32_t hash, void *value, const cvi_hamt_ops *ops,
+                                     struct assoc_result *result)
+{
+    if (!exclusive(node)) {
+        cvi_hamt_node *copy = assoc_node(node, shift, key, hash, value, ops, result);
+        if (copy == node)
+            cvi_hamt_release(node); /* unchanged: we held one reference too many */
+        else if (copy)
+            drop_subtree(node, ops);
+        return copy;
+    }
+    if (node->kind == COLLISION_NODE) {
+        if (hash != node->bitmap_or_hash) {
+            cvi_hamt_node *parent = merge_group(node, key, value, hash, shift, ops);
+            if (parent)
+                cvi_hamt_release(node); /* the parent holds it now */
+            return parent;
+        }
+        for (uint32_t i = 0; i < node->len; i++) {
+            if (node->entries[i].key == key) {
+                replace_value(&node->entries[i], value, ops, result);
+                return node;
+            }
+        }
+        cvi_hamt_node *grown = grow_in_place(node, node->len, pair_entry(key, value, ops));
+        if (!grown) {
+            ops->release(key, value);
+            return NULL;
+        }
+        grown->count++;
+        return grown;
+    }
+
+    uint32_t bit = 1u << slot_of(hash, shift);
+    uint32_t index = index_of(node->bitmap_or_hash, bit);
+    if (!(node->bitmap_or_hash & bit)) {
+        cvi_hamt_node *grown = grow_in_place(node, index, pair_entry(key, value, ops));
+        if (!grown) {
+            ops->release(key, value);
+            return NULL;
+        }
+        grown->bitmap_or_hash |= bit;
+        grown->count++;
+        return grown;
+    }
+    struct entry *slot = &node->entries[index];
+    if (!slot->key) {
+        cvi_hamt_node *child = slot->value;
+        cvi_hamt_node *new_child =
+            assoc_in_place(child, shift + BITS_PER_LEVEL, key, hash, value, ops, result);
+        if (!new_child)
+            return NULL;
+        slot->value = new_child;
+        node->count += result->had_old ? 0 : 1;
+        return node;
+    }
+    if (slot->key == key) {
+        replace_value(slot, value, ops, result);
+        return node;
+    }
+    cvi_hamt_node *child = merge_pairs(slot->key, slot->value, ops->hash(slot->key), key, value,
+                                       hash, shift + BITS_PER_LEVEL, ops);
+    if (!child)
+        return NULL;
+    ops->release(slot->key, slot->value); /* merge_pairs took its own reference */
+    *slot = child_entry(child);
+    node->count++;
+    return node;
+}
+
+/* The common case, kept small and free of recursion: the key has a value
+ * and every node down to it is exclusive, so only the value changes. */
+static bool replace_in_place(cvi_hamt_node *node, void *key, uint32_t hash, void *value,
+                             const cvi_hamt_ops *ops, void **old_value)
+{
+    for (unsigned shift = 0; node && node->kind == BITMAP_NODE && exclusive(node);
+         shift += BITS_PER_LEVEL) {
+        uint32_t bit = 1u << slot_of(hash, shift);
+        if (!(node->bitmap_or_hash & bit))
+            return false;
+        struct entry *slot = &node->entries[index_of(node->bitmap_or_hash, bit)];
+        if (!slot->key) {
+            node = slot->value;
+            continue;
+        }
+        if (slot->key != key)
+            return false;
+        *old_value = slot->value;
+        if (slot->value != value) {
+            ops->retain_value(key, value);
+            ops->release_value(key, slot->value);
+            slot->value = value;
+        }
+        return true;
+    }
+    return false;
+}
+
+static __attribute__((noinline)) bool assoc_in_place_general(cvi_hamt_node **root, void *key,
+                                                             uint32_t hash, void *value,
+                                                             const cvi_hamt_ops *ops,
+                                                             void **old_value, bool *had_old)
+{
+    if (!*root) {
+        void *unused_old;
+        bool unused_had;
+        return cvi_hamt_assoc(NULL, key, hash, value, ops, root, &unused_old, &unused_had) &&
+               ((*old_value = NULL), (*had_old = false), true);
+    }
+    struct assoc_result result = {NULL, false};
+    cvi_hamt_node *new_root = assoc_in_place(*root, 0, key, hash, value, ops, &result);
+    if (!new_root)
+        return false;
+    *root = new_root;
+    *old_value = result.old_value;
+    *had_old = result.had_old;
+    return true;
+}
+
+bool cvi_hamt_assoc_in_place(cvi_hamt_node **root, void *key, uint32_t hash, void *value,
+                             const cvi_hamt_ops *ops, void **old_value, bool *had_old)
+{
+    if (replace_in_place(*root, key, hash, value, ops, old_value)) {
+        *had_old = true;
+        return true;
+    }
+    return assoc_in_place_general(root, key, hash, value, ops, old_value, had_old);
+}
+
+/* As without_node, consuming the reference to `node` on WITHOUT_NEW (then
+ * *out replaces it) and WITHOUT_EMPTY. */
+static enum without_outcome without_in_place(cvi_hamt_node *node, unsigned shift,
+                                             const void *key, uint32_t hash,
+                                             const cvi_hamt_ops *ops, cvi_hamt_node **out)
+{
+    if (!exclusive(node)) {
+        enum without_outcome outcome = without_node(node, shift, key, hash, ops, out);
+        if (outcome == WITHOUT_NEW || outcome == WITHOUT_EMPTY)
+            drop_subtree(node, ops);
+        return outcome;
+    }
+    uint32_t index, bit = 0;
+    if (node->kind == COLLISION_NODE) {
+        if (hash != node->bitmap_or_hash)
+            return WITHOUT_ABSENT;
+        for (index = 0; index < node->len && node->entries[index].key != key; index++)
+            ;
+        if (index == node->len)
+            return WITHOUT_ABSENT;
+    } else {
+        bit = 1u << slot_of(hash, shift);
+        if (!(node->bitmap_or_hash & bit))
+            return WITHOUT_ABSENT;
+        index = index_of(node->bitmap_or_hash, bit);
+        struct entry *slot = &node->entries[index];
+        if (!slot->key) {
+            cvi_hamt_node *new_child;
+            enum without_outcome outcome =
+                without_in_place(slot->value, shift + BITS_PER_LEVEL, key, hash, ops, &new_child);
+            if (outcome == WITHOUT_NEW) {
+                if (is_lone_pair(new_child)) {
+                    /* We are the only holder of new_child: move its pair up. */
+                    *slot = new_child->entries[0];
+                    free_hollow(new_child);
+                } else {
+                    slot->value = new_child;
+                }
+                node->count--;
+                *out = node;
+                return WITHOUT_NEW;
+            }
+            if (outcome != WITHOUT_EMPTY)
+                return outcome;
+        } else if (slot->key != key) {
+            return WITHOUT_ABSENT;
+        } else {
+            ops->release(slot->key, slot->value);
+        }
+    }
+    if (node->kind == COLLISION_NODE)
+        ops->release(node->entries[index].key, node->entries[index].value);
+    /* Entry `index` is gone: the key (released above) or an emptied child. */
+    if (node->len == 1) {
+        free_hollow(node);
+        return WITHOUT_EMPTY;
+    }
+    remove_in_place(node, index);
+    node->bitmap_or_hash &= ~bit; /* bit is 0 for a collision node */
+    node->count--;
+    *out = node;
+    return WITHOUT_NEW;
+}
+
+bool cvi_hamt_without_in_place(cvi_hamt_node **root, const void *key, uint32_t hash,
+                               const cvi_hamt_ops *ops)
+{
+    if (!*root)
+        return true;
+    cvi_hamt_node *new_root;
+    switch (without_in_place(*root, 0, key, hash, ops, &new_root)) {
+    case WITHOUT_NO_MEMORY:
+        return false;
+    case WITHOUT_ABSENT:
+        return true;
+    case WITHOUT_EMPTY:
+        *root = NULL;
+        return true;
+    case WITHOUT_NEW:
+        *root = new_root;
         return true;
     }
     return false;

@@ -24,6 +24,12 @@ typedef struct cvi_hamt_ops {
     /* Called for each (key, value) reference a node takes or drops. */
     void (*retain)(void *key, void *value);
     void (*release)(void *key, void *value);
+    /* The value's half alone, for an update in place that keeps the key. */
+    void (*retain_value)(void *key, void *value);
+    void (*release_value)(void *key, void *value);
+    /* Drops a reference to a node that an update in place unlinked; the
+     * caller decides when a node whose last reference goes can be freed. */
+    void (*drop_node)(cvi_hamt_node *node);
 } cvi_hamt_ops;
 
 /* The iterator's state is part of the public iterator (ctxvars.h), so that
@@ -42,6 +48,17 @@ bool cvi_hamt_assoc(cvi_hamt_node *root, void *key, uint32_t hash, void *value,
  * possibly root itself if key was absent). False when memory is short. */
 bool cvi_hamt_without(cvi_hamt_node *root, const void *key, uint32_t hash,
                       const cvi_hamt_ops *ops, cvi_hamt_node **out);
+
+/* The same updates, made in place on the nodes that only the caller can
+ * reach (one reference, not marked shared) and by path copying from the
+ * first node that someone else can reach. The caller's reference to *root
+ * is consumed and *root replaced by the new root. Legal only while no other
+ * thread can be reading the map. False when memory is short: nothing
+ * changed. */
+bool cvi_hamt_assoc_in_place(cvi_hamt_node **root, void *key, uint32_t hash, void *value,
+                             const cvi_hamt_ops *ops, void **old_value, bool *had_old);
+bool cvi_hamt_without_in_place(cvi_hamt_node **root, const void *key, uint32_t hash,
+                               const cvi_hamt_ops *ops);
 
 void cvi_hamt_retain(cvi_hamt_node *node);
 /* Takes a reference unless the count already reached zero (the node is

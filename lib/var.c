@@ -194,7 +194,23 @@ static void entry_release(void *key, void *value)
     cvi_var_unref(var);
 }
 
-const cvi_hamt_ops cvi_var_entry_ops = {entry_hash, entry_retain, entry_release};
+static void value_retain(void *key, void *value)
+{
+    cv_var_t *var = key;
+    if (var->retain)
+        var->retain(value);
+}
+
+static void value_release(void *key, void *value)
+{
+    cv_var_t *var = key;
+    if (var->release)
+        var->release(value);
+}
+
+const cvi_hamt_ops cvi_var_entry_ops = {
+    entry_hash, entry_retain, entry_release, value_retain, value_release, cvi_node_release,
+};
 
 /* ------------------------------------------------------------------ cache */
 
@@ -269,44 +285,63 @@ static void token_clear(cv_token_t *token)
         *token = (cv_token_t){0};
 }
 
-static void token_fill(cv_token_t *token, cv_var_t *var, const cv_context_t *ctx,
-                       void *old_value, bool had_old)
+static bool has_hooks(const cv_var_t *var)
 {
-    /* A variable with hooks may see its old value released while the token
-     * waits, so the token keeps it (and the variable, to release it). */
-    bool holds = var->retain || var->release;
-    if (holds) {
-        cvi_var_ref(var);
-        if (had_old && var->retain)
-            var->retain(old_value);
-    }
-    *token = (cv_token_t){
-        .cv_private_var = var,
-        .cv_private_old_value = had_old ? old_value : NULL,
-        .cv_private_var_serial = var->serial,
-        .cv_private_context_id = ctx->id,
-        .cv_private_flags = TOKEN_LIVE | (had_old ? TOKEN_HAS_OLD : 0) | (holds ? TOKEN_HOLDS : 0),
-    };
+    return var->retain || var->release;
+}
+
+/* A variable with hooks may see its old value released as soon as the map
+ * changes, so a token for it takes its own reference to the old value (and
+ * to the variable, to release it with) before the change. */
+static void token_hold(cv_var_t *var, bool had_old, void *old_value)
+{
+    cvi_var_ref(var);
+    if (had_old && var->retain)
+        var->retain(old_value);
+}
+
+static void token_unhold(cv_var_t *var, bool had_old, void *old_value)
+{
+    if (had_old && var->release)
+        var->release(old_value);
+    cvi_var_unref(var);
 }
 
 /* Drops what a live token holds and marks it used; var and old value stay
  * readable, as in Python. */
 static void token_spend(cv_token_t *token)
 {
-    if (token->cv_private_flags & TOKEN_HOLDS) {
-        cv_var_t *var = token->cv_private_var;
-        if ((token->cv_private_flags & TOKEN_HAS_OLD) && var->release)
-            var->release(token->cv_private_old_value);
-        cvi_var_unref(var);
-    }
+    if (token->cv_private_flags & TOKEN_HOLDS)
+        token_unhold(token->cv_private_var, token->cv_private_flags & TOKEN_HAS_OLD,
+                     token->cv_private_old_value);
     token->cv_private_flags &= ~(uint32_t)(TOKEN_LIVE | TOKEN_HOLDS);
 }
 
-/* Makes `new_root` the current context's map, as a set by this thread. */
-static void commit(struct cvi_thread *thread, cv_context_t *ctx, cvi_hamt_node *new_root)
+/* Sets var to value, or removes it, in the map of the thread's current
+ * context: in place while no other thread reads the context (a set of a
+ * variable that already has a value then allocates nothing), by path
+ * copying otherwise. False when memory is short: nothing changed. */
+static bool update(struct cvi_thread *thread, cv_context_t *ctx, cv_var_t *var, bool remove,
+                   void *value, void **old_value, bool *had_old)
 {
-    cvi_context_publish(ctx, new_root);
-    thread->version++;
+    cvi_hamt_node *root = cvi_context_owned_root(ctx);
+    bool ok;
+    if (cvi_context_begin_write(ctx)) {
+        ok = remove ? cvi_hamt_without_in_place(&root, var, var->hash, &cvi_var_entry_ops)
+                    : cvi_hamt_assoc_in_place(&root, var, var->hash, value, &cvi_var_entry_ops,
+                                              old_value, had_old);
+        cvi_context_end_write(ctx, root);
+    } else {
+        cvi_hamt_node *new_root;
+        ok = remove ? cvi_hamt_without(root, var, var->hash, &cvi_var_entry_ops, &new_root)
+                    : cvi_hamt_assoc(root, var, var->hash, value, &cvi_var_entry_ops, &new_root,
+                                     old_value, had_old);
+        if (ok)
+            cvi_context_publish(ctx, new_root);
+    }
+    if (ok)
+        thread->version++;
+    return ok;
 }
 
 cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
@@ -316,18 +351,33 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
         return CV_EINVAL;
     }
     struct cvi_thread *thread = cvi_thread_ready();
-    cvi_hamt_node *new_root;
-    void *old_value;
-    bool had_old;
     cv_context_t *ctx = thread ? cvi_thread_current(thread) : NULL;
-    if (!ctx || !cvi_hamt_assoc(cvi_context_owned_root(ctx), var, var->hash, value,
-                                &cvi_var_entry_ops, &new_root, &old_value, &had_old)) {
+    if (!ctx) {
+        token_clear(token);
+        return CV_ENOMEM;
+    }
+    void *old_value = NULL;
+    bool had_old = false;
+    bool holds = token && has_hooks(var);
+    if (holds) {
+        had_old = cvi_hamt_find(cvi_context_owned_root(ctx), var, var->hash, &old_value);
+        token_hold(var, had_old, old_value);
+    }
+    if (!update(thread, ctx, var, false, value, &old_value, &had_old)) {
+        if (holds)
+            token_unhold(var, had_old, old_value);
         token_clear(token);
         return CV_ENOMEM;
     }
     if (token)
-        token_fill(token, var, ctx, old_value, had_old);
-    commit(thread, ctx, new_root);
+        *token = (cv_token_t){
+            .cv_private_var = var,
+            .cv_private_old_value = had_old ? old_value : NULL,
+            .cv_private_var_serial = var->serial,
+            .cv_private_context_id = ctx->id,
+            .cv_private_flags =
+                TOKEN_LIVE | (had_old ? TOKEN_HAS_OLD : 0) | (holds ? TOKEN_HOLDS : 0),
+        };
     cache_store(thread, var, value); /* a get right after a set still hits */
     return CV_OK;
 }
@@ -346,17 +396,12 @@ cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
     if (!ctx || ctx->id != token->cv_private_context_id)
         return CV_ETOKEN_CONTEXT;
 
-    cvi_hamt_node *root = cvi_context_owned_root(ctx), *new_root;
+    bool restore = flags & TOKEN_HAS_OLD;
     void *old_value = token->cv_private_old_value, *replaced;
     bool had_value;
-    bool ok = (flags & TOKEN_HAS_OLD)
-                  ? cvi_hamt_assoc(root, var, var->hash, old_value, &cvi_var_entry_ops, &new_root,
-                                   &replaced, &had_value)
-                  : cvi_hamt_without(root, var, var->hash, &cvi_var_entry_ops, &new_root);
-    if (!ok)
+    if (!update(thread, ctx, var, !restore, old_value, &replaced, &had_value))
         return CV_ENOMEM;
-    commit(thread, ctx, new_root);
-    if (flags & TOKEN_HAS_OLD)
+    if (restore)
         cache_store(thread, var, old_value);
     token_spend(token);
     return CV_OK;
