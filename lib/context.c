@@ -226,7 +226,7 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
     }
     if (take_reference)
         cv_context_retain(ctx);
-    thread->version++;
+    cvi_thread_view_changed();
     return CV_OK;
 }
 
@@ -239,7 +239,7 @@ cv_status_t cv_context_enter(cv_context_t *ctx)
 static void pop(struct cvi_thread *thread)
 {
     cv_context_t *top = thread->stack[--thread->depth];
-    thread->version++;
+    cvi_thread_view_changed();
     cvi_context_leave(top);
 }
 
@@ -275,7 +275,7 @@ cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
         status = CV_ENOTCURRENT;
     }
     thread->depth--;
-    thread->version++;
+    cvi_thread_view_changed();
     cvi_context_disown(ctx);
     return status;
 }
@@ -286,9 +286,9 @@ cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
 static bool find(cv_context_t *ctx, const cv_var_t *var, void **value)
 {
     if (owned_by_caller(ctx))
-        return cvi_hamt_find(cvi_context_owned_root(ctx), var, var->hash, value);
+        return cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, value);
     cvi_read_lock();
-    bool found = cvi_hamt_find(load_foreign_root(ctx), var, var->hash, value);
+    bool found = cvi_hamt_find(load_foreign_root(ctx), var, var->head.hash, value);
     cvi_read_unlock();
     return found;
 }

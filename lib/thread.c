@@ -24,6 +24,7 @@
 #define CONTEXT_ID_BLOCK 1024
 
 __thread struct cvi_thread cvi_thread_state __attribute__((tls_model("initial-exec")));
+__thread struct cv_private_lookup cv_private_lookup_state __attribute__((tls_model("initial-exec")));
 
 static pthread_key_t thread_exit_key;
 static pthread_once_t thread_exit_key_once = PTHREAD_ONCE_INIT;
@@ -55,10 +56,11 @@ static void on_thread_exit(void *arg)
     thread->stack = NULL;
     thread->stack_capacity = 0;
     thread->run_floor = 0;
-    cvi_free(thread->cache, thread->cache_len * sizeof(*thread->cache));
-    thread->cache = NULL;
-    thread->cache_len = 0;
-    thread->version++;
+    struct cv_private_lookup *lookup = &cv_private_lookup_state;
+    cvi_free(lookup->cache, lookup->cache_len * sizeof(*lookup->cache));
+    lookup->cache = NULL;
+    lookup->cache_len = 0;
+    cvi_thread_view_changed();
     thread->exit_hook_armed = false;
 }
 
@@ -87,7 +89,7 @@ static void install_base(struct cvi_thread *thread, cv_context_t *base)
     thread->stack[0] = base;
     thread->depth = 1;
     thread->run_floor = 0;
-    thread->version++;
+    cvi_thread_view_changed();
 }
 
 struct cvi_thread *cvi_thread_ready(void)

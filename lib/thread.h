@@ -11,16 +11,9 @@
 
 #define CVI_INLINE_STACK 8
 
-struct cvi_cache_entry {
-    uint64_t version; /* valid while equal to the thread's version */
-    void *value;
-};
-
+/* The lookup cache and its version live apart, in cv_private_lookup_state
+ * (ctxvars.h), where the header's inline get reads them. */
 struct cvi_thread {
-    /* The hot part, read by every cv_get: first, in one line. */
-    uint64_t version; /* changes whenever what cv_get can see changes */
-    struct cvi_cache_entry *cache; /* indexed by variable slot */
-    uint32_t cache_len;
     uint32_t depth; /* entered contexts; stack[0] is the base context */
     cv_context_t **stack;
     uint32_t stack_capacity;
@@ -30,10 +23,17 @@ struct cvi_thread {
     cv_context_t *inline_stack[CVI_INLINE_STACK];
 };
 
-/* Initial-exec: one cheap TLS access on the get path instead of a call to
- * __tls_get_addr. It takes a few hundred bytes of the static TLS surplus
- * when the library is dlopen()ed (see README, troubleshooting). */
+/* Initial-exec: one cheap TLS access instead of a call to __tls_get_addr.
+ * With cv_private_lookup_state it takes a couple of hundred bytes of the
+ * static TLS surplus when the library is dlopen()ed (README,
+ * troubleshooting). */
 extern __thread struct cvi_thread cvi_thread_state __attribute__((tls_model("initial-exec")));
+
+/* The calling thread's view changed: every cached lookup is stale. */
+static inline void cvi_thread_view_changed(void)
+{
+    cv_private_lookup_state.version++;
+}
 
 /* The calling thread's state with its base context created; NULL if memory
  * is short. */

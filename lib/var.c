@@ -122,7 +122,7 @@ cv_var_t *cv_var_new(const char *name, const cv_var_opts_t *opts)
     cv_var_t *var = (cv_var_t *)(((uintptr_t)allocation + 63) & ~(uintptr_t)63);
     memcpy(name_copy, name, name_size);
     *var = (cv_var_t){
-        .slot = slot,
+        .head.slot = slot,
         /* Relaxed: only uniqueness matters, which the RMW gives. */
         .serial = atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed),
         .name = name_copy,
@@ -135,7 +135,7 @@ cv_var_t *cv_var_new(const char *name, const cv_var_opts_t *opts)
         var->retain = opts->retain;
         var->release = opts->release;
     }
-    var->hash = variable_hash(var);
+    var->head.hash = variable_hash(var);
     atomic_init(&var->refs, 1);
     return var;
 }
@@ -152,7 +152,7 @@ void cvi_var_unref(cv_var_t *var)
     if (atomic_fetch_sub_explicit(&var->refs, 1, memory_order_release) != 1)
         return;
     atomic_thread_fence(memory_order_acquire);
-    slot_give(var->slot);
+    slot_give(var->head.slot);
     cvi_free(var->name, var->name_size);
     cvi_free(var->allocation, VAR_ALLOCATION_SIZE);
 }
@@ -170,12 +170,12 @@ const char *cv_var_name(const cv_var_t *var)
 
 void cv_testing_set_var_hash(cv_var_t *var, uint32_t hash)
 {
-    var->hash = hash;
+    var->head.hash = hash;
 }
 
 static uint32_t entry_hash(const void *key)
 {
-    return ((const cv_var_t *)key)->hash;
+    return ((const cv_var_t *)key)->head.hash;
 }
 
 static void entry_retain(void *key, void *value)
@@ -214,56 +214,51 @@ const cvi_hamt_ops cvi_var_entry_ops = {
 
 /* ------------------------------------------------------------------ cache */
 
-static void cache_store(struct cvi_thread *thread, const cv_var_t *var, void *value)
+_Static_assert(offsetof(cv_var_t, head) == 0 &&
+                   offsetof(struct cvi_var_head, slot) ==
+                       offsetof(struct cv_private_var_head, slot) &&
+                   sizeof(struct cvi_var_head) == sizeof(struct cv_private_var_head),
+               "the header's inline get reads the slot here");
+
+static void cache_store(const cv_var_t *var, void *value)
 {
-    if (var->slot >= thread->cache_len) {
+    struct cv_private_lookup *lookup = &cv_private_lookup_state;
+    uint32_t slot = var->head.slot;
+    if (slot >= lookup->cache_len) {
         /* Growth failing only costs the next get a full lookup. */
-        uint32_t len = thread->cache_len ? thread->cache_len : 64;
-        while (len <= var->slot)
+        uint32_t len = lookup->cache_len ? lookup->cache_len : 64;
+        while (len <= slot)
             len *= 2;
-        struct cvi_cache_entry *grown = cvi_alloc(len * sizeof(*grown));
+        struct cv_private_cache_entry *grown = cvi_alloc(len * sizeof(*grown));
         if (!grown)
             return;
-        if (thread->cache)
-            memcpy(grown, thread->cache, thread->cache_len * sizeof(*grown));
+        if (lookup->cache)
+            memcpy(grown, lookup->cache, lookup->cache_len * sizeof(*grown));
         /* Version 0 never matches: a thread's version is at least 1 once it
          * has a context. */
-        memset(grown + thread->cache_len, 0, (len - thread->cache_len) * sizeof(*grown));
-        cvi_free(thread->cache, thread->cache_len * sizeof(*grown));
-        thread->cache = grown;
-        thread->cache_len = len;
+        memset(grown + lookup->cache_len, 0, (len - lookup->cache_len) * sizeof(*grown));
+        cvi_free(lookup->cache, lookup->cache_len * sizeof(*grown));
+        lookup->cache = grown;
+        lookup->cache_len = len;
     }
-    thread->cache[var->slot] = (struct cvi_cache_entry){thread->version, value};
+    lookup->cache[slot] = (struct cv_private_cache_entry){lookup->version, value};
 }
 
-static __attribute__((noinline)) bool lookup_slow(struct cvi_thread *thread, cv_var_t *var,
-                                                   void **value)
+/* The full lookup behind a cache miss. */
+static bool lookup(cv_var_t *var, void **value)
 {
-    cv_context_t *ctx = cvi_thread_current(thread);
-    if (!ctx || !cvi_hamt_find(cvi_context_owned_root(ctx), var, var->hash, value))
+    cv_context_t *ctx = cvi_thread_current(&cvi_thread_state);
+    if (!ctx || !cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, value))
         return false;
-    cache_store(thread, var, *value);
+    cache_store(var, *value);
     return true;
 }
 
-static inline bool lookup(cv_var_t *var, void **value)
-{
-    struct cvi_thread *thread = &cvi_thread_state;
-    if (__builtin_expect(var->slot < thread->cache_len, 1)) {
-        const struct cvi_cache_entry *entry = &thread->cache[var->slot];
-        if (__builtin_expect(entry->version == thread->version, 1)) {
-            *value = entry->value;
-            return true;
-        }
-    }
-    return lookup_slow(thread, var, value);
-}
-
-cv_status_t cv_get(cv_var_t *var, void **out)
+cv_status_t(cv_get)(cv_var_t *var, void **out)
 {
     if (!var || !out)
         return CV_EINVAL;
-    if (lookup(var, out))
+    if (cv_private_cached(var, out) || lookup(var, out))
         return CV_OK;
     if (!var->has_default)
         return CV_ENOVALUE;
@@ -271,10 +266,10 @@ cv_status_t cv_get(cv_var_t *var, void **out)
     return CV_OK;
 }
 
-void *cv_get_or(cv_var_t *var, void *fallback)
+void *(cv_get_or)(cv_var_t *var, void *fallback)
 {
     void *value;
-    return var && lookup(var, &value) ? value : fallback;
+    return var && (cv_private_cached(var, &value) || lookup(var, &value)) ? value : fallback;
 }
 
 /* ------------------------------------------------------------------- sets */
@@ -321,26 +316,26 @@ static void token_spend(cv_token_t *token)
  * context: in place while no other thread reads the context (a set of a
  * variable that already has a value then allocates nothing), by path
  * copying otherwise. False when memory is short: nothing changed. */
-static bool update(struct cvi_thread *thread, cv_context_t *ctx, cv_var_t *var, bool remove,
-                   void *value, void **old_value, bool *had_old)
+static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, void **old_value,
+                   bool *had_old)
 {
     cvi_hamt_node *root = cvi_context_owned_root(ctx);
     bool ok;
     if (cvi_context_begin_write(ctx)) {
-        ok = remove ? cvi_hamt_without_in_place(&root, var, var->hash, &cvi_var_entry_ops)
-                    : cvi_hamt_assoc_in_place(&root, var, var->hash, value, &cvi_var_entry_ops,
+        ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, &cvi_var_entry_ops)
+                    : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, &cvi_var_entry_ops,
                                               old_value, had_old);
         cvi_context_end_write(ctx, root);
     } else {
         cvi_hamt_node *new_root;
-        ok = remove ? cvi_hamt_without(root, var, var->hash, &cvi_var_entry_ops, &new_root)
-                    : cvi_hamt_assoc(root, var, var->hash, value, &cvi_var_entry_ops, &new_root,
+        ok = remove ? cvi_hamt_without(root, var, var->head.hash, &cvi_var_entry_ops, &new_root)
+                    : cvi_hamt_assoc(root, var, var->head.hash, value, &cvi_var_entry_ops, &new_root,
                                      old_value, had_old);
         if (ok)
             cvi_context_publish(ctx, new_root);
     }
     if (ok)
-        thread->version++;
+        cvi_thread_view_changed();
     return ok;
 }
 
@@ -360,10 +355,10 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
     bool had_old = false;
     bool holds = token && has_hooks(var);
     if (holds) {
-        had_old = cvi_hamt_find(cvi_context_owned_root(ctx), var, var->hash, &old_value);
+        had_old = cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, &old_value);
         token_hold(var, had_old, old_value);
     }
-    if (!update(thread, ctx, var, false, value, &old_value, &had_old)) {
+    if (!update(ctx, var, false, value, &old_value, &had_old)) {
         if (holds)
             token_unhold(var, had_old, old_value);
         token_clear(token);
@@ -378,7 +373,7 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
             .cv_private_flags =
                 TOKEN_LIVE | (had_old ? TOKEN_HAS_OLD : 0) | (holds ? TOKEN_HOLDS : 0),
         };
-    cache_store(thread, var, value); /* a get right after a set still hits */
+    cache_store(var, value); /* a get right after a set still hits */
     return CV_OK;
 }
 
@@ -391,18 +386,17 @@ cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
         return CV_ETOKEN_USED;
     if (token->cv_private_var != var || token->cv_private_var_serial != var->serial)
         return CV_ETOKEN_VAR;
-    struct cvi_thread *thread = &cvi_thread_state;
-    cv_context_t *ctx = cvi_thread_current(thread);
+    cv_context_t *ctx = cvi_thread_current(&cvi_thread_state);
     if (!ctx || ctx->id != token->cv_private_context_id)
         return CV_ETOKEN_CONTEXT;
 
     bool restore = flags & TOKEN_HAS_OLD;
     void *old_value = token->cv_private_old_value, *replaced;
     bool had_value;
-    if (!update(thread, ctx, var, !restore, old_value, &replaced, &had_value))
+    if (!update(ctx, var, !restore, old_value, &replaced, &had_value))
         return CV_ENOMEM;
     if (restore)
-        cache_store(thread, var, old_value);
+        cache_store(var, old_value);
     token_spend(token);
     return CV_OK;
 }

@@ -15,8 +15,11 @@ struct cv_var {
     /* Read by every lookup, written only at creation: kept apart from the
      * reference count so that readers on many cores share the line
      * without invalidations. */
-    uint32_t hash; /* map hash: never derived from user data */
-    uint32_t slot; /* index into each thread's lookup cache; reused after free */
+    /* First, so that the header's inline get can read the slot. */
+    struct cvi_var_head {
+        uint32_t hash; /* map hash: never derived from user data */
+        uint32_t slot; /* index into each thread's lookup cache; reused after free */
+    } head;
     uint64_t serial; /* never reused: tells a variable from one at a reused address */
     void *default_value;
     bool has_default;

@@ -231,6 +231,74 @@ typedef struct cv_allocator {
  * of its functions is NULL. */
 CV_EXPORT cv_status_t cv_set_allocator(const cv_allocator_t *allocator);
 
+/* ------------------------------------------------- private: inline get */
+
+/* What follows is not API: it lets cv_get and cv_get_or answer from the
+ * calling thread's lookup cache without a function call, the way a
+ * __thread read does. Its layout is shared with the library; define
+ * CV_NO_INLINE to call the library's functions instead. */
+#if defined(__GNUC__) || defined(__clang__)
+
+struct cv_private_cache_entry {
+    uint64_t version;
+    void *value;
+};
+
+struct cv_private_lookup {
+    uint64_t version; /* changes whenever what cv_get can see changes */
+    struct cv_private_cache_entry *cache; /* indexed by variable slot */
+    uint32_t cache_len;
+};
+
+struct cv_private_var_head {
+    uint32_t hash;
+    uint32_t slot;
+};
+
+CV_EXPORT extern __thread struct cv_private_lookup cv_private_lookup_state
+    __attribute__((tls_model("initial-exec")));
+
+#ifndef CV_NO_INLINE
+
+static inline bool cv_private_cached(cv_var_t *var, void **value)
+{
+    const struct cv_private_var_head *head = (const struct cv_private_var_head *)(const void *)var;
+    const struct cv_private_lookup *lookup = &cv_private_lookup_state;
+    if (__builtin_expect(head->slot < lookup->cache_len, 1)) {
+        const struct cv_private_cache_entry *entry = &lookup->cache[head->slot];
+        if (__builtin_expect(entry->version == lookup->version, 1)) {
+            *value = entry->value;
+            return true;
+        }
+    }
+    return false;
+}
+
+static inline cv_status_t cv_private_get(cv_var_t *var, void **out)
+{
+    void *value;
+    if (var && out && cv_private_cached(var, &value)) {
+        *out = value;
+        return CV_OK;
+    }
+    return (cv_get)(var, out);
+}
+
+static inline void *cv_private_get_or(cv_var_t *var, void *fallback)
+{
+    void *value;
+    if (var && cv_private_cached(var, &value))
+        return value;
+    return (cv_get_or)(var, fallback);
+}
+
+/* Function-like macros: `&cv_get` still names the exported function. */
+#define cv_get(var, out) cv_private_get((var), (out))
+#define cv_get_or(var, fallback) cv_private_get_or((var), (fallback))
+
+#endif /* CV_NO_INLINE */
+#endif /* __GNUC__ */
+
 #ifdef __cplusplus
 }
 #endif
