@@ -16,25 +16,36 @@
  * owner need not copy paths at all: it updates its nodes in place where it
  * holds the only reference, and frees what it replaces at once (both cost
  * nothing like a cross-thread free through RCU). So a foreign reader
- * announces itself first by raising the context's foreign_readers flag, for
- * good, and the owner checks the flag at the start of each update and after
- * storing each new root:
+ * announces itself in the context's `foreign` word before it loads the
+ * root, and the owner checks the word at the start of each update and
+ * after storing each new root:
  *
  *  - before an update, the owner sets writing_in_place, fences and loads
- *    the flag; the reader stores the flag, fences, and waits until
- *    writing_in_place is clear. Either the owner sees the flag and copies
- *    paths, or the reader waits for the update in place to end, after which
- *    the owner sees the flag.
- *  - after publishing a new root, the owner fences and loads the flag:
- *    raised, the old root is marked shared and its last release retires it
- *    through RCU; down, the reader loads the new root and never sees the
- *    old one, which is freed at once.
+ *    the word; a reader that finds the mode down raises it, fences, and
+ *    waits until writing_in_place is clear. Either the owner sees the word
+ *    and copies paths, or the reader waits for the update in place to end,
+ *    after which the owner sees the word.
+ *  - after publishing a new root, the owner fences and loads the word:
+ *    with the mode up or readers inside, the old root is marked shared and
+ *    its last release retires it through RCU; otherwise the reader loads
+ *    the new root and never sees the old one, which is freed at once.
  *
  * Each side stores, fences, then loads the other's location (Dekker). The
  * fences are asymmetric (reclaim.h): the owner's, on every set, is free; the
- * reader's is a membarrier(2) call, paid once per context by the first
- * foreign reader. Marking the node, not just the context, covers a root
- * shared by several contexts whose last reference another owner drops.
+ * reader's is a membarrier(2) call, paid only by a reader that finds the
+ * mode down. Marking the node, not just the context, covers a root shared
+ * by several contexts whose last reference another owner drops.
+ *
+ * The word also counts the readers inside (they enter and leave with one
+ * atomic add each) and their arrivals. Once the owner has copied
+ * QUIET_UPDATES_TO_LOWER updates in a row with no reader inside and no new
+ * arrival, it lowers the mode with a compare-and-swap that succeeds only
+ * while nobody is inside: a reader that arrives later finds the mode down
+ * and handshakes again. So a context that is copied now and then goes back
+ * to updates in place, and one that is read all the time stays in copying
+ * mode without a membarrier per read. A mode that stayed up for good made
+ * every later update of such a context a path copy retired through RCU,
+ * which on a busy machine outran reclamation and grew without bound.
  */
 #include "context.h"
 
@@ -44,9 +55,16 @@
 
 #include <sched.h>
 
-/* A reader that sees ANNOUNCED knows that a rare-side fence ran after the
- * flag went up; one that sees RAISING runs its own. */
-enum foreign_readers { NO_FOREIGN_READERS, FOREIGN_READERS_RAISING, FOREIGN_READERS_ANNOUNCED };
+/* The foreign word: mode in the low bits, readers inside above it,
+ * arrivals (wrapping) in the high half. A reader that finds ANNOUNCED
+ * knows that a rare-side fence ran after the mode went up; one that finds
+ * RAISING runs its own. */
+enum foreign_mode { FOREIGN_NONE, FOREIGN_RAISING, FOREIGN_ANNOUNCED };
+#define FOREIGN_MODE_MASK UINT64_C(3)
+#define FOREIGN_ONE_INSIDE (UINT64_C(1) << 2)
+#define FOREIGN_INSIDE_MASK (UINT64_C(0x3fffffff) << 2)
+#define FOREIGN_ONE_ARRIVAL (UINT64_C(1) << 32)
+#define QUIET_UPDATES_TO_LOWER 64
 
 cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
 {
@@ -57,8 +75,10 @@ cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
     }
     atomic_init(&ctx->root, root);
     atomic_init(&ctx->owner, NULL);
-    atomic_init(&ctx->foreign_readers, NO_FOREIGN_READERS);
+    atomic_init(&ctx->foreign, 0);
     atomic_init(&ctx->writing_in_place, false);
+    ctx->arrivals_seen = 0;
+    ctx->quiet_updates = 0;
     atomic_init(&ctx->refs, 1);
     ctx->id = cvi_thread_next_context_id();
     return ctx;
@@ -91,7 +111,8 @@ void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)
     if (!old_root)
         return;
     cvi_fence_hot();
-    if (cvi_foreign_readers_announced(ctx))
+    /* Relaxed: ordered by the fence above (see the top comment). */
+    if (cvi_foreign_readers_about(atomic_load_explicit(&ctx->foreign, memory_order_relaxed)))
         cvi_hamt_mark_shared(old_root);
     cvi_node_release(old_root);
 }
@@ -123,30 +144,68 @@ static bool owned_by_caller(cv_context_t *ctx)
     return atomic_load_explicit(&ctx->owner, memory_order_relaxed) == &cvi_thread_state;
 }
 
-/* The reader's half of the handshake described at the top: raise the flag,
- * fence, then load the root. Must run inside a read-side section. */
-static cvi_hamt_node *load_foreign_root(cv_context_t *ctx)
+void cvi_context_note_foreign(cv_context_t *ctx, uint64_t foreign)
 {
-    /* Acquire: seeing ANNOUNCED orders our root load after the fence that
-     * the announcing reader ran. */
-    unsigned state = atomic_load_explicit(&ctx->foreign_readers, memory_order_acquire);
-    if (state != FOREIGN_READERS_ANNOUNCED) {
-        /* Relaxed: the fence below orders it before our root load. Test
-         * first so that later readers do not bounce the line. */
-        if (state == NO_FOREIGN_READERS)
-            atomic_store_explicit(&ctx->foreign_readers, FOREIGN_READERS_RAISING,
-                                  memory_order_relaxed);
-        cvi_fence_rare();
-        /* Acquire: pairs with end_write, so the nodes it changed in place
-         * are seen whole. */
-        while (atomic_load_explicit(&ctx->writing_in_place, memory_order_acquire))
-            sched_yield();
-        /* Release: hands the fence's effect on to readers that see it. */
-        atomic_store_explicit(&ctx->foreign_readers, FOREIGN_READERS_ANNOUNCED,
-                              memory_order_release);
+    uint32_t arrivals = (uint32_t)(foreign >> 32);
+    if ((foreign & FOREIGN_INSIDE_MASK) || arrivals != ctx->arrivals_seen) {
+        ctx->arrivals_seen = arrivals;
+        ctx->quiet_updates = 0;
+        return;
     }
+    if (++ctx->quiet_updates < QUIET_UPDATES_TO_LOWER)
+        return;
+    ctx->quiet_updates = 0;
+    /* Acquire: the walks of every reader that has left (release) happen
+     * before our next update in place. Fails harmlessly if one arrived. */
+    atomic_compare_exchange_strong_explicit(&ctx->foreign, &foreign, foreign & ~FOREIGN_MODE_MASK,
+                                            memory_order_acquire, memory_order_relaxed);
+}
+
+/* Brings the mode up from `seen` (which counts us already) and runs the
+ * reader's half of the handshake. */
+static void announce(cv_context_t *ctx, uint64_t seen)
+{
+    /* Relaxed: the fence below orders it before our loads. */
+    while ((seen & FOREIGN_MODE_MASK) == FOREIGN_NONE &&
+           !atomic_compare_exchange_weak_explicit(&ctx->foreign, &seen, seen | FOREIGN_RAISING,
+                                                  memory_order_relaxed, memory_order_relaxed))
+        ;
+    cvi_fence_rare();
+    /* Acquire: pairs with end_write, so the nodes it changed in place are
+     * seen whole. */
+    while (atomic_load_explicit(&ctx->writing_in_place, memory_order_acquire))
+        sched_yield();
+    /* Release: hands the fence's effect on to readers that find ANNOUNCED.
+     * The mode cannot go down meanwhile: we are inside. */
+    while ((seen & FOREIGN_MODE_MASK) != FOREIGN_ANNOUNCED &&
+           !atomic_compare_exchange_weak_explicit(&ctx->foreign, &seen,
+                                                  (seen & ~FOREIGN_MODE_MASK) | FOREIGN_ANNOUNCED,
+                                                  memory_order_release, memory_order_relaxed))
+        ;
+}
+
+/* The reader's half: enter, then load the root, which stays walkable until
+ * foreign_leave. Must run inside a read-side section. */
+static cvi_hamt_node *foreign_enter(cv_context_t *ctx)
+{
+    /* Acquire: finding ANNOUNCED orders our root load after the fence that
+     * the announcing reader ran. One add both counts us and reads the mode,
+     * so the owner cannot lower it between the two. */
+    uint64_t seen =
+        atomic_fetch_add_explicit(&ctx->foreign, FOREIGN_ONE_INSIDE + FOREIGN_ONE_ARRIVAL,
+                                  memory_order_acquire) +
+        FOREIGN_ONE_INSIDE + FOREIGN_ONE_ARRIVAL;
+    if ((seen & FOREIGN_MODE_MASK) != FOREIGN_ANNOUNCED)
+        announce(ctx, seen);
     /* Acquire: pairs with the owner's release store in publish. */
     return atomic_load_explicit(&ctx->root, memory_order_acquire);
+}
+
+static void foreign_leave(cv_context_t *ctx)
+{
+    /* Release: our walk happens before any update in place that follows
+     * the owner's lowering of the mode (its acquire compare-and-swap). */
+    atomic_fetch_sub_explicit(&ctx->foreign, FOREIGN_ONE_INSIDE, memory_order_release);
 }
 
 /* A reference to the current root of a context that another thread may be
@@ -161,9 +220,13 @@ static cvi_hamt_node *snapshot(cv_context_t *ctx)
         return root;
     }
     cvi_read_lock();
-    do
-        root = load_foreign_root(ctx);
-    while (root && !cvi_hamt_try_retain(root));
+    for (;;) {
+        root = foreign_enter(ctx);
+        bool kept = !root || cvi_hamt_try_retain(root);
+        foreign_leave(ctx);
+        if (kept)
+            break;
+    }
     cvi_read_unlock();
     return root;
 }
@@ -288,7 +351,8 @@ static bool find(cv_context_t *ctx, const cv_var_t *var, void **value)
     if (owned_by_caller(ctx))
         return cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, value);
     cvi_read_lock();
-    bool found = cvi_hamt_find(load_foreign_root(ctx), var, var->head.hash, value);
+    bool found = cvi_hamt_find(foreign_enter(ctx), var, var->head.hash, value);
+    foreign_leave(ctx);
     cvi_read_unlock();
     return found;
 }
@@ -313,7 +377,8 @@ size_t cv_context_len(cv_context_t *ctx)
     if (owned_by_caller(ctx))
         return cvi_hamt_count(cvi_context_owned_root(ctx));
     cvi_read_lock();
-    size_t len = cvi_hamt_count(load_foreign_root(ctx));
+    size_t len = cvi_hamt_count(foreign_enter(ctx));
+    foreign_leave(ctx);
     cvi_read_unlock();
     return len;
 }

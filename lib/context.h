@@ -18,11 +18,16 @@ struct cv_context {
     _Atomic(cvi_hamt_node *) root;
     /* The thread that has the context entered, or NULL. */
     _Atomic(struct cvi_thread *) owner;
-    /* Raised, for good, by the first thread that reads the context without
-     * owning it; until then the owner frees replaced roots at once. */
-    atomic_uint foreign_readers; /* enum foreign_readers in context.c */
+    /* Threads reading the context without owning it (context.c's top
+     * comment): in the low half a mode and how many are reading now (zero:
+     * the owner may update in place), in the high half how many arrived. */
+    _Atomic uint64_t foreign;
     /* Set by the owner while it updates nodes in place. */
     atomic_bool writing_in_place;
+    /* Owner-only: the arrival count it last saw, and how many updates it has
+     * copied since then; enough quiet updates lower the mode again. */
+    uint32_t arrivals_seen;
+    uint32_t quiet_updates;
     atomic_size_t refs;
     uint64_t id;
 };
@@ -37,23 +42,30 @@ static inline cvi_hamt_node *cvi_context_owned_root(cv_context_t *ctx)
     return atomic_load_explicit(&ctx->root, memory_order_relaxed);
 }
 
-static inline bool cvi_foreign_readers_announced(cv_context_t *ctx)
+static inline bool cvi_foreign_readers_about(uint64_t foreign)
 {
-    /* Relaxed: ordered by the fence before it (see context.c's top comment). */
-    return atomic_load_explicit(&ctx->foreign_readers, memory_order_relaxed) != 0;
+    return (uint32_t)foreign != 0;
 }
 
+/* The owner's slow path when foreign readers are about: decides whether
+ * they have been gone long enough to update in place again. */
+void cvi_context_note_foreign(cv_context_t *ctx, uint64_t foreign);
+
 /* Brackets an update in place by the owner. begin returns false, and the
- * owner must copy paths instead, once a foreign reader has announced
- * itself; end stores the (possibly new) root. */
+ * owner must copy paths instead, while foreign readers are about; end
+ * stores the (possibly new) root. */
 static inline bool cvi_context_begin_write(cv_context_t *ctx)
 {
-    /* Relaxed: the fence below orders it before the flag load. */
+    /* Relaxed: the fence below orders it before the load of foreign. */
     atomic_store_explicit(&ctx->writing_in_place, true, memory_order_relaxed);
     cvi_fence_hot();
-    if (!cvi_foreign_readers_announced(ctx))
+    /* Acquire: a zero stored by the owner's own lowering is ordered after
+     * the last reader's exit; the fence above does the rest. */
+    uint64_t foreign = atomic_load_explicit(&ctx->foreign, memory_order_acquire);
+    if (!cvi_foreign_readers_about(foreign))
         return true;
     atomic_store_explicit(&ctx->writing_in_place, false, memory_order_relaxed);
+    cvi_context_note_foreign(ctx, foreign);
     return false;
 }
 
