@@ -89,10 +89,10 @@ cv_status_t cv_set_allocator(const cv_allocator_t *replacement)
 static void empty_cache(void *arg)
 {
     struct block_cache *cache = arg;
-    for (int class = 0; class < CACHED_CLASSES; class++) {
-        while (cache->head[class]) {
-            struct free_block *block = cache->head[class];
-            cache->head[class] = block->next;
+    for (int size_class = 0; size_class < CACHED_CLASSES; size_class++) {
+        while (cache->head[size_class]) {
+            struct free_block *block = cache->head[size_class];
+            cache->head[size_class] = block->next;
             free(block);
         }
     }
@@ -139,15 +139,15 @@ void *cvi_alloc(size_t size)
         atomic_store_explicit(&allocator_in_use, true, memory_order_relaxed);
     if (!cacheable(size))
         return allocator.alloc(size, allocator.data);
-    unsigned class = class_of(size);
+    unsigned size_class = class_of(size);
     struct block_cache *cache = thread_cache;
-    if (cache && cache->head[class]) {
-        struct free_block *block = cache->head[class];
-        cache->head[class] = block->next;
-        cache->count[class]--;
+    if (cache && cache->head[size_class]) {
+        struct free_block *block = cache->head[size_class];
+        cache->head[size_class] = block->next;
+        cache->count[size_class]--;
         return block;
     }
-    return malloc((class + 1) * CLASS_BYTES);
+    return malloc((size_class + 1) * CLASS_BYTES);
 }
 
 void cvi_free(void *ptr, size_t size)
@@ -158,14 +158,14 @@ void cvi_free(void *ptr, size_t size)
         allocator.free(ptr, size, allocator.data);
         return;
     }
-    unsigned class = class_of(size);
+    unsigned size_class = class_of(size);
     struct block_cache *cache = cache_for_this_thread();
-    if (!cache || cache->count[class] == BLOCKS_PER_CLASS) {
+    if (!cache || cache->count[size_class] == BLOCKS_PER_CLASS) {
         free(ptr);
         return;
     }
     struct free_block *block = ptr;
-    block->next = cache->head[class];
-    cache->head[class] = block;
-    cache->count[class]++;
+    block->next = cache->head[size_class];
+    cache->head[size_class] = block;
+    cache->count[size_class]++;
 }

@@ -261,10 +261,9 @@ void cv_context_release(cv_context_t *ctx)
     /* A sole owner skips the atomic decrement: a new reference needs an
      * existing one. Acquire: former owners are done with the context. */
     if (atomic_load_explicit(&ctx->refs, memory_order_acquire) != 1) {
-        /* Release/acquire: every use of the context happens before its free. */
-        if (atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_release) != 1)
+        /* Acq_rel: every use of the context happens before its free. */
+        if (atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_acq_rel) != 1)
             return;
-        atomic_thread_fence(memory_order_acquire);
     }
     cvi_node_release(cvi_context_owned_root(ctx));
     cvi_free(ctx, sizeof(*ctx));

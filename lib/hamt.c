@@ -61,7 +61,7 @@ _Static_assert(sizeof(((cvi_hamt_iter *)0)->nodes) / sizeof(void *) >= MAX_DEPTH
 enum node_kind { BITMAP_NODE, COLLISION_NODE };
 
 struct entry {
-    void *key;   /* NULL: value is a child node */
+    void *key; /* NULL: value is a child node */
     void *value;
 };
 
@@ -72,9 +72,9 @@ struct cvi_hamt_node {
     atomic_uint refs;
     uint8_t kind;
     atomic_bool shared; /* see cvi_hamt_mark_shared */
-    uint32_t len;   /* entries in this node */
-    uint32_t capacity; /* entries it has room for: more than len once shrunk in place */
-    uint32_t count; /* keys in this subtree */
+    uint32_t len;       /* entries in this node */
+    uint32_t capacity;  /* entries it has room for: more than len once shrunk in place */
+    uint32_t count;     /* keys in this subtree */
     uint32_t bitmap_or_hash;
     struct entry entries[];
 };
@@ -132,19 +132,16 @@ void cvi_hamt_retain(cvi_hamt_node *node)
 
 bool cvi_hamt_try_retain(cvi_hamt_node *node)
 {
-    unsigned refs = atomic_load_explicit(&node->refs, memory_order_relaxed);
+    /* Acquire: seeing zero pairs with the release in cvi_hamt_release, so
+     * the caller's next load of its root pointer sees the root that replaced
+     * this one (C11 wants success at least as strong as failure; on x86
+     * both are the same instruction). */
+    unsigned refs = atomic_load_explicit(&node->refs, memory_order_acquire);
     do {
-        /* Acquire on seeing zero: pairs with the release in cvi_hamt_release,
-         * so the caller's next load of its root pointer sees the root that
-         * replaced this one. */
-        if (refs == 0) {
-            atomic_thread_fence(memory_order_acquire);
+        if (refs == 0)
             return false;
-        }
-        /* Relaxed on success: the node's contents were published with the
-         * root pointer the caller loaded with acquire. */
     } while (!atomic_compare_exchange_weak_explicit(&node->refs, &refs, refs + 1,
-                                                    memory_order_relaxed, memory_order_relaxed));
+                                                    memory_order_acquire, memory_order_acquire));
     return true;
 }
 
@@ -158,12 +155,10 @@ bool cvi_hamt_release(cvi_hamt_node *node)
 {
     if (!node)
         return false;
-    /* Release: this owner's reads of the node happen before whoever frees
-     * it; the acquire fence below makes the last owner see all of them. */
-    if (atomic_fetch_sub_explicit(&node->refs, 1, memory_order_release) != 1)
-        return false;
-    atomic_thread_fence(memory_order_acquire);
-    return true;
+    /* Acq_rel: every owner's reads of the node happen before the last one
+     * frees it (not a release plus an acquire fence: ThreadSanitizer does
+     * not model fences). */
+    return atomic_fetch_sub_explicit(&node->refs, 1, memory_order_acq_rel) == 1;
 }
 
 void cvi_hamt_mark_shared(cvi_hamt_node *node)
@@ -238,8 +233,8 @@ static cvi_hamt_node *copy_replacing(const cvi_hamt_node *node, uint32_t index, 
     return copy;
 }
 
-static cvi_hamt_node *copy_inserting(const cvi_hamt_node *node, uint32_t index,
-                                     struct entry owned, const cvi_hamt_ops *ops)
+static cvi_hamt_node *copy_inserting(const cvi_hamt_node *node, uint32_t index, struct entry owned,
+                                     const cvi_hamt_ops *ops)
 {
     cvi_hamt_node *copy = node_new(node->kind, node->len + 1, node->bitmap_or_hash);
     if (!copy)
@@ -290,8 +285,8 @@ static cvi_hamt_node *merge_pairs(void *key1, void *value1, uint32_t hash1, void
     if (slot1 == slot2) {
         /* Distinct hashes differ in some bit, so this recursion ends by the
          * last level. */
-        cvi_hamt_node *child = merge_pairs(key1, value1, hash1, key2, value2, hash2,
-                                           shift + BITS_PER_LEVEL, ops);
+        cvi_hamt_node *child =
+            merge_pairs(key1, value1, hash1, key2, value2, hash2, shift + BITS_PER_LEVEL, ops);
         if (!child)
             return NULL;
         cvi_hamt_node *node = node_new(BITMAP_NODE, 1, 1u << slot1);
@@ -354,8 +349,8 @@ static cvi_hamt_node *unchanged(cvi_hamt_node *node)
     return node;
 }
 
-static cvi_hamt_node *assoc_collision(cvi_hamt_node *node, unsigned shift, void *key,
-                                      uint32_t hash, void *value, const cvi_hamt_ops *ops,
+static cvi_hamt_node *assoc_collision(cvi_hamt_node *node, unsigned shift, void *key, uint32_t hash,
+                                      void *value, const cvi_hamt_ops *ops,
                                       struct assoc_result *result)
 {
     if (hash != node->bitmap_or_hash)
@@ -387,8 +382,7 @@ static cvi_hamt_node *assoc_collision(cvi_hamt_node *node, unsigned shift, void 
 }
 
 static cvi_hamt_node *assoc_node(cvi_hamt_node *node, unsigned shift, void *key, uint32_t hash,
-                                 void *value, const cvi_hamt_ops *ops,
-                                 struct assoc_result *result)
+                                 void *value, const cvi_hamt_ops *ops, struct assoc_result *result)
 {
     if (node->kind == COLLISION_NODE)
         return assoc_collision(node, shift, key, hash, value, ops, result);
@@ -512,8 +506,8 @@ static enum without_outcome without_node(cvi_hamt_node *node, unsigned shift, co
             if (outcome == WITHOUT_NEW) {
                 struct entry replacement = child_entry(new_child);
                 if (is_lone_pair(new_child))
-                    replacement = pair_entry(new_child->entries[0].key,
-                                             new_child->entries[0].value, ops);
+                    replacement =
+                        pair_entry(new_child->entries[0].key, new_child->entries[0].value, ops);
                 cvi_hamt_node *copy = copy_replacing(node, index, replacement, ops);
                 if (replacement.key || !copy)
                     discard(new_child, ops); /* inlined, or nowhere to go */
@@ -543,8 +537,8 @@ static enum without_outcome without_node(cvi_hamt_node *node, unsigned shift, co
     return WITHOUT_NEW;
 }
 
-bool cvi_hamt_without(cvi_hamt_node *root, const void *key, uint32_t hash,
-                      const cvi_hamt_ops *ops, cvi_hamt_node **out)
+bool cvi_hamt_without(cvi_hamt_node *root, const void *key, uint32_t hash, const cvi_hamt_ops *ops,
+                      cvi_hamt_node **out)
 {
     if (!root) {
         *out = NULL;
@@ -620,8 +614,8 @@ static void replace_value(struct entry *slot, void *value, const cvi_hamt_ops *o
 /* The subtree that replaces `node`, whose reference it consumes: `node`
  * itself when changed in place, else a new node. NULL when memory is
  * short, and then nothing changed. */
-static cvi_hamt_node *assoc_in_place(cvi_hamt_node *node, unsigned shift, void *key,
-                                     uint32_t hash, void *value, const cvi_hamt_ops *ops,
+static cvi_hamt_node *assoc_in_place(cvi_hamt_node *node, unsigned shift, void *key, uint32_t hash,
+                                     void *value, const cvi_hamt_ops *ops,
                                      struct assoc_result *result)
 {
     if (!exclusive(node)) {
@@ -752,9 +746,9 @@ bool cvi_hamt_assoc_in_place(cvi_hamt_node **root, void *key, uint32_t hash, voi
 
 /* As without_node, consuming the reference to `node` on WITHOUT_NEW (then
  * *out replaces it) and WITHOUT_EMPTY. */
-static enum without_outcome without_in_place(cvi_hamt_node *node, unsigned shift,
-                                             const void *key, uint32_t hash,
-                                             const cvi_hamt_ops *ops, cvi_hamt_node **out)
+static enum without_outcome without_in_place(cvi_hamt_node *node, unsigned shift, const void *key,
+                                             uint32_t hash, const cvi_hamt_ops *ops,
+                                             cvi_hamt_node **out)
 {
     if (!exclusive(node)) {
         enum without_outcome outcome = without_node(node, shift, key, hash, ops, out);

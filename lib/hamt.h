@@ -46,8 +46,8 @@ bool cvi_hamt_assoc(cvi_hamt_node *root, void *key, uint32_t hash, void *value,
                     const cvi_hamt_ops *ops, cvi_hamt_node **out, void **old_value, bool *had_old);
 /* On success *out is a new reference to a map without key (possibly NULL,
  * possibly root itself if key was absent). False when memory is short. */
-bool cvi_hamt_without(cvi_hamt_node *root, const void *key, uint32_t hash,
-                      const cvi_hamt_ops *ops, cvi_hamt_node **out);
+bool cvi_hamt_without(cvi_hamt_node *root, const void *key, uint32_t hash, const cvi_hamt_ops *ops,
+                      cvi_hamt_node **out);
 
 /* The same updates, made in place on the nodes that only the caller can
  * reach (one reference, not marked shared) and by path copying from the

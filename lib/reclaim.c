@@ -58,9 +58,9 @@ static char grace_period_order;
 typedef void (*dispose_fn)(void *obj);
 
 struct pending {
-    _Atomic(void *) head;      /* retired objects, linked through their first word */
+    _Atomic(void *) head;        /* retired objects, linked through their first word */
     _Atomic(dispose_fn) dispose; /* how to dispose of every object in the list */
-    unsigned count;            /* owner's estimate of the list's length */
+    unsigned count;              /* owner's estimate of the list's length */
     bool registered;
     struct pending *prev, *next; /* registry links, under registry_lock */
 };
@@ -139,10 +139,10 @@ static void submit(void *list, dispose_fn dispose)
     if (!list)
         return;
     struct batch *batch = cvi_alloc(sizeof(*batch));
-    tsan_release_to_grace_period();
     if (!batch) {
         /* Out of memory for the batch header: wait for the grace period
          * here instead. Slow, but retiring must not fail. */
+        tsan_release_to_grace_period();
         urcu_bp_synchronize_rcu();
         tsan_acquire_from_grace_period();
         dispose_list(list, dispose);
@@ -150,6 +150,7 @@ static void submit(void *list, dispose_fn dispose)
     }
     batch->dispose = dispose;
     batch->list = list;
+    tsan_release_to_grace_period();
     urcu_bp_call_rcu(&batch->rcu, dispose_batch);
 }
 

@@ -24,7 +24,8 @@
 #define CONTEXT_ID_BLOCK 1024
 
 __thread struct cvi_thread cvi_thread_state __attribute__((tls_model("initial-exec")));
-__thread struct cv_private_lookup cv_private_lookup_state __attribute__((tls_model("initial-exec")));
+__thread struct cv_private_lookup cv_private_lookup_state
+    __attribute__((tls_model("initial-exec")));
 
 static pthread_key_t thread_exit_key;
 static pthread_once_t thread_exit_key_once = PTHREAD_ONCE_INIT;
@@ -35,8 +36,8 @@ uint64_t cvi_thread_next_context_id(void)
     struct cvi_thread *thread = &cvi_thread_state;
     if (thread->next_context_id == thread->context_id_end) {
         /* Relaxed: only uniqueness matters, which the RMW gives. */
-        thread->next_context_id = atomic_fetch_add_explicit(
-            &next_context_id_block, CONTEXT_ID_BLOCK, memory_order_relaxed);
+        thread->next_context_id = atomic_fetch_add_explicit(&next_context_id_block,
+                                                            CONTEXT_ID_BLOCK, memory_order_relaxed);
         thread->context_id_end = thread->next_context_id + CONTEXT_ID_BLOCK;
     }
     return thread->next_context_id++;
