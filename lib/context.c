@@ -91,9 +91,14 @@ static void dispose_node(void *node)
 
 void cvi_node_release(cvi_hamt_node *node)
 {
-    /* A sole owner may skip the atomic decrement: a new reference needs an
-     * existing one (see the top comment for readers that hold none). */
-    if (!node || !(cvi_hamt_sole_owner(node) || cvi_hamt_release(node)))
+    if (!node)
+        return;
+    /* A sole owner may skip the atomic decrement, since a new reference
+     * needs an existing one, but not on a node marked shared: a foreign
+     * reader may be taking one with cvi_hamt_try_retain from a root pointer
+     * it loaded, and only the decrement decides which of the two wins. */
+    bool skip = !cvi_hamt_is_shared(node) && cvi_hamt_sole_owner(node);
+    if (!skip && !cvi_hamt_release(node))
         return;
     /* Read the mark only now: the acquire above orders it after the
      * release-decrement of whoever set it. */
