@@ -287,7 +287,7 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
         return CV_ENOMEM;
     if (!cvi_context_claim(ctx, thread))
         return CV_EBUSY;
-    if (!cvi_thread_push(thread, ctx)) {
+    if (!cvi_thread_push(thread, ctx, !take_reference)) {
         cvi_context_disown(ctx);
         return CV_ENOMEM;
     }
@@ -302,12 +302,16 @@ cv_status_t cv_context_enter(cv_context_t *ctx)
     return enter(ctx, true);
 }
 
-/* Pops the top of the stack, a context entered with cv_context_enter. */
+/* Pops the top of the stack, dropping the stack's reference unless the
+ * entry was lent by a run. */
 static void pop(struct cvi_thread *thread)
 {
     cv_context_t *top = thread->stack[--thread->depth];
     cvi_thread_view_changed();
-    cvi_context_leave(top);
+    if (cvi_stack_borrowed(top))
+        cvi_context_disown(cvi_stack_context(top));
+    else
+        cvi_context_leave(top);
 }
 
 cv_status_t cv_context_exit(cv_context_t *ctx)
@@ -341,9 +345,7 @@ cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
         pop(thread); /* left entered by fn */
         status = CV_ENOTCURRENT;
     }
-    thread->depth--;
-    cvi_thread_view_changed();
-    cvi_context_disown(ctx);
+    pop(thread);
     return status;
 }
 

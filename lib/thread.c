@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,38 @@
 __thread struct cvi_thread cvi_thread_state __attribute__((tls_model("initial-exec")));
 __thread struct cv_private_lookup cv_private_lookup_state
     __attribute__((tls_model("initial-exec")));
+
+/* Threads that may update maps in place, for fork() to wait on. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cvi_thread *registry;
+atomic_bool cvi_fork_pending;
+
+static void register_thread(struct cvi_thread *thread)
+{
+    pthread_mutex_lock(&registry_lock);
+    thread->registry_prev = NULL;
+    thread->registry_next = registry;
+    if (registry)
+        registry->registry_prev = thread;
+    registry = thread;
+    thread->registered = true;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void unregister_thread(struct cvi_thread *thread)
+{
+    if (!thread->registered)
+        return;
+    pthread_mutex_lock(&registry_lock);
+    if (thread->registry_prev)
+        thread->registry_prev->registry_next = thread->registry_next;
+    else
+        registry = thread->registry_next;
+    if (thread->registry_next)
+        thread->registry_next->registry_prev = thread->registry_prev;
+    thread->registered = false;
+    pthread_mutex_unlock(&registry_lock);
+}
 
 static pthread_key_t thread_exit_key;
 static pthread_once_t thread_exit_key_once = PTHREAD_ONCE_INIT;
@@ -48,10 +81,16 @@ uint64_t cvi_thread_next_context_id(void)
 static void on_thread_exit(void *arg)
 {
     struct cvi_thread *thread = arg;
+    /* Entries lent by runs that the thread never returned from (it exited
+     * inside fn) are only disowned: their reference is the caller's. */
     while (thread->depth) {
-        cv_context_t *ctx = thread->stack[--thread->depth];
-        cvi_context_leave(ctx);
+        cv_context_t *entry = thread->stack[--thread->depth];
+        if (cvi_stack_borrowed(entry))
+            cvi_context_disown(cvi_stack_context(entry));
+        else
+            cvi_context_leave(entry);
     }
+    unregister_thread(thread);
     if (thread->stack != thread->inline_stack)
         cvi_free(thread->stack, thread->stack_capacity * sizeof(*thread->stack));
     thread->stack = NULL;
@@ -78,6 +117,9 @@ static bool arm_exit_hook(struct cvi_thread *thread)
         return true;
     pthread_once(&thread_exit_key_once, create_thread_exit_key);
     thread->exit_hook_armed = pthread_setspecific(thread_exit_key, thread) == 0;
+    /* Only a thread whose exit unregisters it may join the registry. */
+    if (thread->exit_hook_armed)
+        register_thread(thread);
     return thread->exit_hook_armed;
 }
 
@@ -107,7 +149,7 @@ struct cvi_thread *cvi_thread_ready(void)
     return thread;
 }
 
-bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx)
+bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, bool borrowed)
 {
     if (thread->depth == thread->stack_capacity) {
         uint32_t capacity = thread->stack_capacity * 2;
@@ -120,7 +162,8 @@ bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx)
         thread->stack = grown;
         thread->stack_capacity = capacity;
     }
-    thread->stack[thread->depth++] = ctx;
+    thread->stack[thread->depth++] =
+        borrowed ? (cv_context_t *)((uintptr_t)ctx | CVI_BORROWED) : ctx;
     return true;
 }
 
@@ -172,10 +215,38 @@ int cv_thread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*star
 
 /* ------------------------------------------------------------------- fork */
 
-/* Lock order: the RCU worker is paused first (its callbacks take the slot
- * lock), then the library's locks; released in reverse. */
+/* A thread caught halfway through an update in place would leave the
+ * child a torn map and a writing flag that nobody clears. So updates in
+ * place stop (writers copy paths meanwhile) and those under way finish
+ * before the fork. The writer stores its flag, fences and loads
+ * cvi_fork_pending; we store that, fence and load the flags (Dekker, with
+ * the asymmetric fences of reclaim.h). This comes first: an update in
+ * place may drop a variable, which takes the slot lock. */
+static void quiesce_updates_in_place(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    /* Relaxed: the fence below orders it before our loads of the flags. */
+    atomic_store_explicit(&cvi_fork_pending, true, memory_order_relaxed);
+    cvi_fence_rare();
+    for (struct cvi_thread *thread = registry; thread; thread = thread->registry_next)
+        /* Acquire: pairs with end_write, so the update is whole in the child. */
+        while (atomic_load_explicit(&thread->updating_in_place, memory_order_acquire))
+            sched_yield();
+}
+
+static void resume_updates_in_place(void)
+{
+    /* Relaxed: the registry unlock publishes it to the next fork. */
+    atomic_store_explicit(&cvi_fork_pending, false, memory_order_relaxed);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* Lock order: updates in place are drained, the RCU worker is paused (its
+ * callbacks take the slot lock), then the library's locks; released in
+ * reverse. */
 static void before_fork(void)
 {
+    quiesce_updates_in_place();
     cvi_reclaim_before_fork();
     cvi_var_before_fork();
 }
@@ -184,12 +255,19 @@ static void after_fork_parent(void)
 {
     cvi_var_after_fork();
     cvi_reclaim_after_fork_parent();
+    resume_updates_in_place();
 }
 
 static void after_fork_child(void)
 {
     cvi_var_after_fork();
     cvi_reclaim_after_fork_child();
+    /* Only this thread exists in the child. */
+    struct cvi_thread *self = &cvi_thread_state;
+    registry = self->registered ? self : NULL;
+    if (registry)
+        self->registry_prev = self->registry_next = NULL;
+    resume_updates_in_place();
 }
 
 __attribute__((constructor)) static void register_fork_handlers(void)

@@ -6,6 +6,7 @@
 #define CV_THREAD_H
 
 #include <ctxvars.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -14,14 +15,36 @@
 /* The lookup cache and its version live apart, in cv_private_lookup_state
  * (ctxvars.h), where the header's inline get reads them. */
 struct cvi_thread {
-    uint32_t depth; /* entered contexts; stack[0] is the base context */
-    cv_context_t **stack;
+    uint32_t depth;       /* entered contexts; stack[0] is the base context */
+    cv_context_t **stack; /* entries tagged with CVI_BORROWED where lent */
     uint32_t stack_capacity;
     uint32_t run_floor; /* exit may only pop entries above this index */
     uint64_t next_context_id, context_id_end;
     bool exit_hook_armed;
+    /* Set while the thread updates a map in place; fork() waits for it to
+     * clear (thread.c). Only registered threads update in place. */
+    atomic_bool updating_in_place;
+    bool registered;
+    struct cvi_thread *registry_prev, *registry_next;
     cv_context_t *inline_stack[CVI_INLINE_STACK];
 };
+
+/* Marks a stack entry pushed by cv_context_run, which borrows the caller's
+ * reference instead of taking one (contexts are at least 8-byte aligned). */
+#define CVI_BORROWED ((uintptr_t)1)
+
+static inline cv_context_t *cvi_stack_context(cv_context_t *entry)
+{
+    return (cv_context_t *)((uintptr_t)entry & ~CVI_BORROWED);
+}
+
+static inline bool cvi_stack_borrowed(cv_context_t *entry)
+{
+    return (uintptr_t)entry & CVI_BORROWED;
+}
+
+/* Raised while a fork() is under way: no map is updated in place then. */
+extern atomic_bool cvi_fork_pending;
 
 /* Initial-exec: one cheap TLS access instead of a call to __tls_get_addr.
  * With cv_private_lookup_state it takes a couple of hundred bytes of the
@@ -41,11 +64,12 @@ struct cvi_thread *cvi_thread_ready(void);
 
 static inline cv_context_t *cvi_thread_current(const struct cvi_thread *thread)
 {
-    return thread->depth ? thread->stack[thread->depth - 1] : NULL;
+    return thread->depth ? cvi_stack_context(thread->stack[thread->depth - 1]) : NULL;
 }
 
-/* Pushes a context the thread now owns; false if memory is short. */
-bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx);
+/* Pushes a context the thread now owns, `borrowed` if the stack holds no
+ * reference of its own to it; false if memory is short. */
+bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, bool borrowed);
 
 /* A process-unique context id; never reused, so a token cannot mistake a
  * new context at a reused address for its own. */
