@@ -137,10 +137,12 @@ void cvi_context_disown(cv_context_t *ctx)
     atomic_store_explicit(&ctx->owner, NULL, memory_order_release);
 }
 
+static void context_release(cv_context_t *ctx);
+
 void cvi_context_leave(cv_context_t *ctx)
 {
     cvi_context_disown(ctx);
-    cv_context_release(ctx);
+    context_release(ctx);
 }
 
 static bool owned_by_caller(cv_context_t *ctx)
@@ -247,9 +249,17 @@ cv_context_t *cv_copy_context(void)
     return current ? cv_context_copy(current) : cv_context_new();
 }
 
-cv_context_t *cv_context_copy(cv_context_t *ctx)
+static cv_context_t *context_copy(cv_context_t *ctx)
 {
     return ctx ? cvi_context_new_with_root(snapshot(ctx)) : NULL;
+}
+
+cv_context_t *cv_context_copy(cv_context_t *ctx)
+{
+    cvi_op_begin();
+    cv_context_t *result = context_copy(ctx);
+    cvi_op_end();
+    return result;
 }
 
 void cv_context_retain(cv_context_t *ctx)
@@ -259,7 +269,7 @@ void cv_context_retain(cv_context_t *ctx)
         atomic_fetch_add_explicit(&ctx->refs, 1, memory_order_relaxed);
 }
 
-void cv_context_release(cv_context_t *ctx)
+static void context_release(cv_context_t *ctx)
 {
     if (!ctx)
         return;
@@ -272,6 +282,13 @@ void cv_context_release(cv_context_t *ctx)
     }
     cvi_node_release(cvi_context_owned_root(ctx));
     cvi_free(ctx, sizeof(*ctx));
+}
+
+void cv_context_release(cv_context_t *ctx)
+{
+    cvi_op_begin();
+    context_release(ctx);
+    cvi_op_end();
 }
 
 /* ------------------------------------------------------------- switching */
@@ -297,9 +314,17 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
     return CV_OK;
 }
 
-cv_status_t cv_context_enter(cv_context_t *ctx)
+static cv_status_t context_enter(cv_context_t *ctx)
 {
     return enter(ctx, true);
+}
+
+cv_status_t cv_context_enter(cv_context_t *ctx)
+{
+    cvi_op_begin();
+    cv_status_t result = context_enter(ctx);
+    cvi_op_end();
+    return result;
 }
 
 /* Pops the top of the stack, dropping the stack's reference unless the
@@ -314,7 +339,7 @@ static void pop(struct cvi_thread *thread)
         cvi_context_leave(top);
 }
 
-cv_status_t cv_context_exit(cv_context_t *ctx)
+static cv_status_t context_exit(cv_context_t *ctx)
 {
     if (!ctx)
         return CV_EINVAL;
@@ -327,13 +352,23 @@ cv_status_t cv_context_exit(cv_context_t *ctx)
     return CV_OK;
 }
 
+cv_status_t cv_context_exit(cv_context_t *ctx)
+{
+    cvi_op_begin();
+    cv_status_t result = context_exit(ctx);
+    cvi_op_end();
+    return result;
+}
+
 cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
 {
     if (!fn)
         return CV_EINVAL;
     /* The caller's reference keeps ctx alive for the call: no refcount
      * traffic, which keeps runs of one shared context scaling. */
+    cvi_op_begin();
     cv_status_t status = enter(ctx, false);
+    cvi_op_end();
     if (status != CV_OK)
         return status;
     struct cvi_thread *thread = &cvi_thread_state;
@@ -341,11 +376,13 @@ cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
     thread->run_floor = index;
     fn(arg);
     thread->run_floor = outer_floor;
+    cvi_op_begin();
     while (thread->depth - 1 > index) {
         pop(thread); /* left entered by fn */
         status = CV_ENOTCURRENT;
     }
     pop(thread);
+    cvi_op_end();
     return status;
 }
 
@@ -389,7 +426,7 @@ size_t cv_context_len(cv_context_t *ctx)
     return len;
 }
 
-bool cv_context_equal(cv_context_t *a, cv_context_t *b)
+static bool context_equal(cv_context_t *a, cv_context_t *b)
 {
     if (!a || !b)
         return false;
@@ -402,13 +439,28 @@ bool cv_context_equal(cv_context_t *a, cv_context_t *b)
     return equal;
 }
 
-void cv_context_iter_init(cv_context_iter_t *it, cv_context_t *ctx)
+bool cv_context_equal(cv_context_t *a, cv_context_t *b)
+{
+    cvi_op_begin();
+    bool result = context_equal(a, b);
+    cvi_op_end();
+    return result;
+}
+
+static void context_iter_init(cv_context_iter_t *it, cv_context_t *ctx)
 {
     if (!it)
         return;
     cvi_hamt_node *root = ctx ? snapshot(ctx) : NULL;
     it->cv_private_snapshot = root;
     cvi_hamt_iter_init(&it->cv_private_walk, root);
+}
+
+void cv_context_iter_init(cv_context_iter_t *it, cv_context_t *ctx)
+{
+    cvi_op_begin();
+    context_iter_init(it, ctx);
+    cvi_op_end();
 }
 
 bool cv_context_iter_next(cv_context_iter_t *it, cv_var_t **var, void **value)
@@ -423,13 +475,20 @@ bool cv_context_iter_next(cv_context_iter_t *it, cv_var_t **var, void **value)
     return true;
 }
 
-void cv_context_iter_fini(cv_context_iter_t *it)
+static void context_iter_fini(cv_context_iter_t *it)
 {
     if (!it)
         return;
     cvi_node_release(it->cv_private_snapshot);
     it->cv_private_snapshot = NULL;
     cvi_hamt_iter_init(&it->cv_private_walk, NULL);
+}
+
+void cv_context_iter_fini(cv_context_iter_t *it)
+{
+    cvi_op_begin();
+    context_iter_fini(it);
+    cvi_op_end();
 }
 
 void cv_reclaim_barrier(void)

@@ -52,38 +52,32 @@ static inline bool cvi_foreign_readers_about(uint64_t foreign)
 void cvi_context_note_foreign(cv_context_t *ctx, uint64_t foreign);
 
 /* Brackets an update in place by the owner. begin returns false, and the
- * owner must copy paths instead, while foreign readers are about or a
- * fork() is under way; end stores the (possibly new) root. */
+ * owner must copy paths instead, while foreign readers are about; end
+ * stores the (possibly new) root. */
 static inline bool cvi_context_begin_write(cv_context_t *ctx)
 {
-    struct cvi_thread *thread = &cvi_thread_state;
-    if (!thread->registered)
+    /* A thread that fork() cannot wait for (thread.c) never updates in
+     * place. */
+    if (!cvi_thread_state.registered)
         return false;
-    /* Relaxed: the fence below orders both before the loads that follow. */
-    atomic_store_explicit(&thread->updating_in_place, true, memory_order_relaxed);
+    /* Relaxed: the fence below orders it before the load of foreign. */
     atomic_store_explicit(&ctx->writing_in_place, true, memory_order_relaxed);
     cvi_fence_hot();
     /* Acquire: a zero stored by the owner's own lowering is ordered after
      * the last reader's exit; the fence above does the rest. */
     uint64_t foreign = atomic_load_explicit(&ctx->foreign, memory_order_acquire);
-    /* Relaxed: ordered by the fence above (thread.c, fork). */
-    bool forking = atomic_load_explicit(&cvi_fork_pending, memory_order_relaxed);
-    if (!cvi_foreign_readers_about(foreign) && !forking)
+    if (!cvi_foreign_readers_about(foreign))
         return true;
     atomic_store_explicit(&ctx->writing_in_place, false, memory_order_relaxed);
-    atomic_store_explicit(&thread->updating_in_place, false, memory_order_relaxed);
-    if (cvi_foreign_readers_about(foreign))
-        cvi_context_note_foreign(ctx, foreign);
+    cvi_context_note_foreign(ctx, foreign);
     return false;
 }
 
 static inline void cvi_context_end_write(cv_context_t *ctx, cvi_hamt_node *root)
 {
     atomic_store_explicit(&ctx->root, root, memory_order_relaxed);
-    /* Release: a reader that sees the update end sees all of it; so does a
-     * fork() waiting for the thread's flag. */
+    /* Release: a reader that sees the update end sees all of it. */
     atomic_store_explicit(&ctx->writing_in_place, false, memory_order_release);
-    atomic_store_explicit(&cvi_thread_state.updating_in_place, false, memory_order_release);
 }
 
 /* Replaces the owner's root with `new_root` (whose reference moves in) and

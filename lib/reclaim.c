@@ -60,7 +60,9 @@ typedef void (*dispose_fn)(void *obj);
 struct pending {
     _Atomic(void *) head;        /* retired objects, linked through their first word */
     _Atomic(dispose_fn) dispose; /* how to dispose of every object in the list */
-    unsigned count;              /* owner's estimate of the list's length */
+    /* The owner's estimate of the list's length; a barrier that takes the
+     * list zeroes it too, hence atomic (relaxed: only an estimate). */
+    atomic_uint count;
     bool registered;
     struct pending *prev, *next; /* registry links, under registry_lock */
 };
@@ -154,12 +156,19 @@ static void submit(void *list, dispose_fn dispose)
     urcu_bp_call_rcu(&batch->rcu, dispose_batch);
 }
 
-static void flush(struct pending *pending)
+/* Takes the pending list, leaving it empty. */
+static void *take(struct pending *pending)
 {
     /* Acquire: pairs with the release push, so the links written into the
      * objects are visible before we walk them. */
     void *list = atomic_exchange_explicit(&pending->head, NULL, memory_order_acquire);
-    pending->count = 0;
+    atomic_store_explicit(&pending->count, 0, memory_order_relaxed);
+    return list;
+}
+
+static void flush(struct pending *pending)
+{
+    void *list = take(pending);
     submit(list, atomic_load_explicit(&pending->dispose, memory_order_relaxed));
 }
 
@@ -216,16 +225,73 @@ void cvi_retire(void *obj, void (*dispose)(void *obj))
          * list. Relaxed on failure: we only retry. */
     } while (!atomic_compare_exchange_weak_explicit(&pending->head, &head, obj,
                                                     memory_order_release, memory_order_relaxed));
-    if (++pending->count >= BATCH_SIZE)
+    /* Load and store, not an RMW: a lost zeroing by a barrier only makes
+     * the next batch smaller. */
+    unsigned count = atomic_load_explicit(&pending->count, memory_order_relaxed) + 1;
+    atomic_store_explicit(&pending->count, count, memory_order_relaxed);
+    if (count >= BATCH_SIZE)
         flush(pending);
 }
 
+/* The lists a barrier takes, joined by dispose function. */
+#define BARRIER_CHAINS 4
+struct chain {
+    void *head, *tail;
+    dispose_fn dispose;
+};
+
+/* The chain for `dispose`, started if need be; NULL when all are taken. */
+static struct chain *chain_for(struct chain *chains, unsigned *used, dispose_fn dispose)
+{
+    for (unsigned i = 0; i < *used; i++)
+        if (chains[i].dispose == dispose)
+            return &chains[i];
+    if (*used == BARRIER_CHAINS)
+        return NULL;
+    chains[*used] = (struct chain){NULL, NULL, dispose};
+    return &chains[(*used)++];
+}
+
+static void append(struct chain *chain, void *list)
+{
+    void *tail = list;
+    while (*(void **)tail)
+        tail = *(void **)tail;
+    if (chain->tail)
+        *(void **)chain->tail = list;
+    else
+        chain->head = list;
+    chain->tail = tail;
+}
+
+/*
+ * Takes every thread's pending list under the registry lock but hands them
+ * to call_rcu only after dropping it: call_rcu may take liburcu's
+ * call_rcu_mutex, which fork() preparation holds while it waits for the
+ * registry lock. A pass that meets more dispose functions than it has
+ * chains leaves the other lists to the next pass.
+ */
 void cvi_reclaim_barrier(void)
 {
-    pthread_mutex_lock(&registry_lock);
-    for (struct pending *pending = registry; pending; pending = pending->next)
-        flush(pending);
-    pthread_mutex_unlock(&registry_lock);
+    bool again;
+    do {
+        struct chain chains[BARRIER_CHAINS];
+        unsigned used = 0;
+        again = false;
+        pthread_mutex_lock(&registry_lock);
+        for (struct pending *pending = registry; pending; pending = pending->next) {
+            dispose_fn dispose = atomic_load_explicit(&pending->dispose, memory_order_relaxed);
+            struct chain *chain = chain_for(chains, &used, dispose);
+            void *list = chain ? take(pending) : NULL;
+            if (list)
+                append(chain, list);
+            again |= !chain;
+        }
+        pthread_mutex_unlock(&registry_lock);
+        for (unsigned i = 0; i < used; i++)
+            if (chains[i].head)
+                submit(chains[i].head, chains[i].dispose);
+    } while (again);
     urcu_bp_barrier();
 }
 

@@ -83,6 +83,7 @@ static void on_thread_exit(void *arg)
     struct cvi_thread *thread = arg;
     /* Entries lent by runs that the thread never returned from (it exited
      * inside fn) are only disowned: their reference is the caller's. */
+    cvi_op_begin();
     while (thread->depth) {
         cv_context_t *entry = thread->stack[--thread->depth];
         if (cvi_stack_borrowed(entry))
@@ -90,7 +91,6 @@ static void on_thread_exit(void *arg)
         else
             cvi_context_leave(entry);
     }
-    unregister_thread(thread);
     if (thread->stack != thread->inline_stack)
         cvi_free(thread->stack, thread->stack_capacity * sizeof(*thread->stack));
     thread->stack = NULL;
@@ -101,6 +101,12 @@ static void on_thread_exit(void *arg)
     lookup->cache = NULL;
     lookup->cache_len = 0;
     cvi_thread_view_changed();
+    /* Zero, not one less: a thread that exits from inside an operation (a
+     * release hook calling pthread_exit) has abandoned it, and fork(),
+     * which holds the registry while it waits, must not wait for it.
+     * Release: as in cvi_op_end. */
+    atomic_store_explicit(&thread->op_depth, 0, memory_order_release);
+    unregister_thread(thread);
     thread->exit_hook_armed = false;
 }
 
@@ -215,30 +221,52 @@ int cv_thread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*star
 
 /* ------------------------------------------------------------------- fork */
 
-/* A thread caught halfway through an update in place would leave the
- * child a torn map and a writing flag that nobody clears. So updates in
- * place stop (writers copy paths meanwhile) and those under way finish
- * before the fork. The writer stores its flag, fences and loads
- * cvi_fork_pending; we store that, fence and load the flags (Dekker, with
- * the asymmetric fences of reclaim.h). This comes first: an update in
- * place may drop a variable, which takes the slot lock. */
-static void quiesce_updates_in_place(void)
+/* fork() copies each page of the parent at a different moment while the
+ * other threads run on, so a library operation under way in another thread
+ * would reach the child half done (a map updated in place, a path copied
+ * but its reference counts not yet all taken, a writing flag that nobody
+ * will clear). So new operations wait, and those under way finish, before
+ * the fork. This comes first: an operation may take the locks below. */
+static void quiesce_operations(void)
 {
     pthread_mutex_lock(&registry_lock);
-    /* Relaxed: the fence below orders it before our loads of the flags. */
+    /* Relaxed: the fence below orders it before our loads of the depths. */
     atomic_store_explicit(&cvi_fork_pending, true, memory_order_relaxed);
     cvi_fence_rare();
+    struct cvi_thread *self = &cvi_thread_state;
     for (struct cvi_thread *thread = registry; thread; thread = thread->registry_next)
-        /* Acquire: pairs with end_write, so the update is whole in the child. */
-        while (atomic_load_explicit(&thread->updating_in_place, memory_order_acquire))
+        /* Acquire: pairs with cvi_op_end, so the operation is whole in the
+         * child. A fork() from inside an operation (a release hook) does
+         * not wait for itself. */
+        while (thread != self && atomic_load_explicit(&thread->op_depth, memory_order_acquire))
             sched_yield();
 }
 
-static void resume_updates_in_place(void)
+static void resume_operations(void)
 {
-    /* Relaxed: the registry unlock publishes it to the next fork. */
+    /* Relaxed: waiting threads only poll it; the unlock orders the rest. */
     atomic_store_explicit(&cvi_fork_pending, false, memory_order_relaxed);
     pthread_mutex_unlock(&registry_lock);
+}
+
+void cvi_op_admit(struct cvi_thread *thread)
+{
+    for (;;) {
+        /* Step out while we register or wait, so fork() does not wait for
+         * us. Relaxed: nothing of ours is under way yet. */
+        atomic_store_explicit(&thread->op_depth, 0, memory_order_relaxed);
+        /* A thread whose exit hook cannot be armed (pthread_setspecific out
+         * of memory) stays unregistered: fork() cannot wait for it, so it
+         * never updates maps in place, which limits what it can tear. */
+        if (!thread->registered)
+            arm_exit_hook(thread);
+        while (atomic_load_explicit(&cvi_fork_pending, memory_order_relaxed))
+            sched_yield();
+        atomic_store_explicit(&thread->op_depth, 1, memory_order_relaxed);
+        cvi_fence_hot();
+        if (!atomic_load_explicit(&cvi_fork_pending, memory_order_relaxed))
+            return;
+    }
 }
 
 /* Lock order: updates in place are drained, the RCU worker is paused (its
@@ -246,7 +274,7 @@ static void resume_updates_in_place(void)
  * reverse. */
 static void before_fork(void)
 {
-    quiesce_updates_in_place();
+    quiesce_operations();
     cvi_reclaim_before_fork();
     cvi_var_before_fork();
 }
@@ -255,7 +283,7 @@ static void after_fork_parent(void)
 {
     cvi_var_after_fork();
     cvi_reclaim_after_fork_parent();
-    resume_updates_in_place();
+    resume_operations();
 }
 
 static void after_fork_child(void)
@@ -267,7 +295,7 @@ static void after_fork_child(void)
     registry = self->registered ? self : NULL;
     if (registry)
         self->registry_prev = self->registry_next = NULL;
-    resume_updates_in_place();
+    resume_operations();
 }
 
 __attribute__((constructor)) static void register_fork_handlers(void)

@@ -157,10 +157,17 @@ void cvi_var_unref(cv_var_t *var)
     cvi_free(var->allocation, VAR_ALLOCATION_SIZE);
 }
 
-void cv_var_release(cv_var_t *var)
+static void var_release(cv_var_t *var)
 {
     if (var)
         cvi_var_unref(var);
+}
+
+void cv_var_release(cv_var_t *var)
+{
+    cvi_op_begin();
+    var_release(var);
+    cvi_op_end();
 }
 
 const char *cv_var_name(const cv_var_t *var)
@@ -339,7 +346,7 @@ static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, v
     return ok;
 }
 
-cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
+static cv_status_t set(cv_var_t *var, void *value, cv_token_t *token)
 {
     if (!var) {
         token_clear(token);
@@ -377,7 +384,15 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
     return CV_OK;
 }
 
-cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
+cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
+{
+    cvi_op_begin();
+    cv_status_t result = set(var, value, token);
+    cvi_op_end();
+    return result;
+}
+
+static cv_status_t reset(cv_var_t *var, cv_token_t *token)
 {
     if (!var || !token)
         return CV_EINVAL;
@@ -401,6 +416,14 @@ cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
     return CV_OK;
 }
 
+cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
+{
+    cvi_op_begin();
+    cv_status_t result = reset(var, token);
+    cvi_op_end();
+    return result;
+}
+
 /* ----------------------------------------------------------------- tokens */
 
 cv_var_t *cv_token_var(const cv_token_t *token)
@@ -421,8 +444,15 @@ bool cv_token_used(const cv_token_t *token)
     return !token || !(token->cv_private_flags & TOKEN_LIVE);
 }
 
-void cv_token_discard(cv_token_t *token)
+static void token_discard(cv_token_t *token)
 {
     if (token && (token->cv_private_flags & TOKEN_LIVE))
         token_spend(token);
+}
+
+void cv_token_discard(cv_token_t *token)
+{
+    cvi_op_begin();
+    token_discard(token);
+    cvi_op_end();
 }
