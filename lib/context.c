@@ -191,9 +191,12 @@ static void announce(cv_context_t *ctx, uint64_t seen)
         ;
 }
 
-/* The reader's half: enter, then load the root, which stays walkable until
- * foreign_leave. Must run inside a read-side section. */
-static cvi_hamt_node *foreign_enter(cv_context_t *ctx)
+/* The reader's half: counts us in and, if the mode was down, runs the
+ * handshake. Never inside a read-side section: the owner may wait for a
+ * grace period in the middle of an update in place (its first call_rcu
+ * registers it with liburcu, which waits for the readers), so waiting for
+ * the owner inside one could deadlock. */
+static void foreign_enter(cv_context_t *ctx)
 {
     /* Acquire: finding ANNOUNCED orders our root load after the fence that
      * the announcing reader ran. One add both counts us and reads the mode,
@@ -204,6 +207,12 @@ static cvi_hamt_node *foreign_enter(cv_context_t *ctx)
         FOREIGN_ONE_INSIDE + FOREIGN_ONE_ARRIVAL;
     if ((seen & FOREIGN_MODE_MASK) != FOREIGN_ANNOUNCED)
         announce(ctx, seen);
+}
+
+/* The root of a context we have entered as a foreign reader, walkable
+ * until the read-side section around this call ends. */
+static cvi_hamt_node *foreign_root(cv_context_t *ctx)
+{
     /* Acquire: pairs with the owner's release store in publish. */
     return atomic_load_explicit(&ctx->root, memory_order_acquire);
 }
@@ -226,15 +235,15 @@ static cvi_hamt_node *snapshot(cv_context_t *ctx)
             cvi_hamt_retain(root);
         return root;
     }
+    foreign_enter(ctx);
     cvi_read_lock();
-    for (;;) {
-        root = foreign_enter(ctx);
-        bool kept = !root || cvi_hamt_try_retain(root);
-        foreign_leave(ctx);
-        if (kept)
-            break;
-    }
+    /* A failed retain means the owner has just replaced this root and
+     * dropped it: the next load finds the new one. */
+    do
+        root = foreign_root(ctx);
+    while (root && !cvi_hamt_try_retain(root));
     cvi_read_unlock();
+    foreign_leave(ctx);
     return root;
 }
 
@@ -393,10 +402,11 @@ static bool find(cv_context_t *ctx, const cv_var_t *var, void **value)
 {
     if (owned_by_caller(ctx))
         return cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, value);
+    foreign_enter(ctx);
     cvi_read_lock();
-    bool found = cvi_hamt_find(foreign_enter(ctx), var, var->head.hash, value);
-    foreign_leave(ctx);
+    bool found = cvi_hamt_find(foreign_root(ctx), var, var->head.hash, value);
     cvi_read_unlock();
+    foreign_leave(ctx);
     return found;
 }
 
@@ -419,10 +429,11 @@ size_t cv_context_len(cv_context_t *ctx)
         return 0;
     if (owned_by_caller(ctx))
         return cvi_hamt_count(cvi_context_owned_root(ctx));
+    foreign_enter(ctx);
     cvi_read_lock();
-    size_t len = cvi_hamt_count(foreign_enter(ctx));
-    foreign_leave(ctx);
+    size_t len = cvi_hamt_count(foreign_root(ctx));
     cvi_read_unlock();
+    foreign_leave(ctx);
     return len;
 }
 

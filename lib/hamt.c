@@ -21,10 +21,12 @@
  * one or two: a context holds few variables) and the old root stays a
  * complete, valid map. Copying a map is taking a reference to its root.
  *
- * Deletion keeps the trie canonical, which keeps lookups short and makes
- * the shape depend only on the set of keys: a subtree left with a single
- * pair is replaced by that pair in its parent, and an empty node is
- * removed. Every node except the root therefore holds at least two keys.
+ * Deletion keeps lookups short: a subtree left with a single pair is
+ * replaced by that pair in its parent, and an empty node is removed, so
+ * every node except the root holds at least two keys. A collision node
+ * is the exception to a canonical shape: it stays at the depth where it
+ * was made even when the key that pushed it down is gone (as in CPython),
+ * which costs lookups nothing since its keys share one hash.
  *
  * Each node counts the keys below it, so the size of a map is read from its
  * root in O(1).

@@ -12,6 +12,13 @@
  * cv_status_t; constructors return NULL on allocation failure or on a NULL
  * argument they need. A misuse returns its status and changes nothing.
  *
+ * fork(): the library's fork handlers let operations under way in other
+ * threads finish first, so the child inherits whole maps and counts and
+ * can use everything. Contexts that other threads had entered stay owned
+ * by those (absent) threads in the child: readable and copyable, not
+ * enterable. A retain/release hook that waits for the forking thread would
+ * deadlock the fork.
+ *
  * This header includes only standard and POSIX headers and compiles as C11
  * and as C++.
  */
@@ -120,7 +127,6 @@ CV_EXPORT cv_status_t cv_reset(cv_var_t *var, cv_token_t *token);
 
 /* ---------------------------------------------------------------- tokens */
 
-
 /* The variable the token was made by; NULL for an empty token. Like
  * Python's token.var it stays readable after the token is used. While the
  * token is live it holds a reference to the variable if the variable has
@@ -166,7 +172,10 @@ CV_EXPORT void cv_context_release(cv_context_t *ctx);
 /* Enters `ctx`, calls fn(arg), exits. Sets inside fn land in `ctx`. The
  * caller's current context is always restored; contexts that fn left
  * entered are exited and CV_ENOTCURRENT is returned. CV_EBUSY (fn not
- * called) if `ctx` is entered anywhere; CV_EINVAL for NULL arguments. */
+ * called) if `ctx` is entered anywhere; CV_EINVAL for NULL arguments.
+ * The run borrows the caller's reference (no reference count traffic):
+ * the caller keeps `ctx` referenced until the run returns. Inside fn,
+ * `ctx` itself cannot be exited (CV_ENOTCURRENT). */
 CV_EXPORT cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg);
 
 /* Makes `ctx` the current context of the calling thread, on top of a
@@ -227,8 +236,10 @@ typedef struct cv_allocator {
 } cv_allocator_t;
 
 /* Replaces malloc/free for all of the library's memory. Only before any
- * other call of the library: CV_EBUSY after; CV_EINVAL if `allocator` or one
- * of its functions is NULL. */
+ * other call of the library: CV_EBUSY once the library has allocated
+ * anything (calls that allocate nothing, such as cv_strerror or a cv_get
+ * on an empty thread, leave it open); CV_EINVAL if `allocator` or one of
+ * its functions is NULL. */
 CV_EXPORT cv_status_t cv_set_allocator(const cv_allocator_t *allocator);
 
 /* ------------------------------------------------- private: inline get */
@@ -245,7 +256,7 @@ struct cv_private_cache_entry {
 };
 
 struct cv_private_lookup {
-    uint64_t version; /* changes whenever what cv_get can see changes */
+    uint64_t version;                     /* changes whenever what cv_get can see changes */
     struct cv_private_cache_entry *cache; /* indexed by variable slot */
     uint32_t cache_len;
 };
