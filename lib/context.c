@@ -137,12 +137,10 @@ void cvi_context_disown(cv_context_t *ctx)
     atomic_store_explicit(&ctx->owner, NULL, memory_order_release);
 }
 
-static void context_release(cv_context_t *ctx);
-
 void cvi_context_leave(cv_context_t *ctx)
 {
     cvi_context_disown(ctx);
-    context_release(ctx);
+    cv_context_release(ctx);
 }
 
 static bool owned_by_caller(cv_context_t *ctx)
@@ -323,17 +321,13 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
     return CV_OK;
 }
 
-static cv_status_t context_enter(cv_context_t *ctx)
-{
-    return enter(ctx, true);
-}
-
+/* Switching needs no fork guard (thread.h): a claim, a push on the
+ * thread's own stack and one atomic increment cannot be caught halfway in
+ * a way that tears shared state; dropping a reference is guarded where it
+ * happens. */
 cv_status_t cv_context_enter(cv_context_t *ctx)
 {
-    cvi_op_begin();
-    cv_status_t result = context_enter(ctx);
-    cvi_op_end();
-    return result;
+    return enter(ctx, true);
 }
 
 /* Pops the top of the stack, dropping the stack's reference unless the
@@ -348,7 +342,7 @@ static void pop(struct cvi_thread *thread)
         cvi_context_leave(top);
 }
 
-static cv_status_t context_exit(cv_context_t *ctx)
+cv_status_t cv_context_exit(cv_context_t *ctx)
 {
     if (!ctx)
         return CV_EINVAL;
@@ -361,23 +355,13 @@ static cv_status_t context_exit(cv_context_t *ctx)
     return CV_OK;
 }
 
-cv_status_t cv_context_exit(cv_context_t *ctx)
-{
-    cvi_op_begin();
-    cv_status_t result = context_exit(ctx);
-    cvi_op_end();
-    return result;
-}
-
 cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
 {
     if (!fn)
         return CV_EINVAL;
     /* The caller's reference keeps ctx alive for the call: no refcount
      * traffic, which keeps runs of one shared context scaling. */
-    cvi_op_begin();
     cv_status_t status = enter(ctx, false);
-    cvi_op_end();
     if (status != CV_OK)
         return status;
     struct cvi_thread *thread = &cvi_thread_state;
@@ -385,13 +369,11 @@ cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
     thread->run_floor = index;
     fn(arg);
     thread->run_floor = outer_floor;
-    cvi_op_begin();
     while (thread->depth - 1 > index) {
         pop(thread); /* left entered by fn */
         status = CV_ENOTCURRENT;
     }
     pop(thread);
-    cvi_op_end();
     return status;
 }
 
