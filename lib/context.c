@@ -256,17 +256,9 @@ cv_context_t *cv_copy_context(void)
     return current ? cv_context_copy(current) : cv_context_new();
 }
 
-static cv_context_t *context_copy(cv_context_t *ctx)
-{
-    return ctx ? cvi_context_new_with_root(snapshot(ctx)) : NULL;
-}
-
 cv_context_t *cv_context_copy(cv_context_t *ctx)
 {
-    cvi_op_begin();
-    cv_context_t *result = context_copy(ctx);
-    cvi_op_end();
-    return result;
+    return ctx ? cvi_context_new_with_root(snapshot(ctx)) : NULL;
 }
 
 void cv_context_retain(cv_context_t *ctx)
@@ -276,7 +268,7 @@ void cv_context_retain(cv_context_t *ctx)
         atomic_fetch_add_explicit(&ctx->refs, 1, memory_order_relaxed);
 }
 
-static void context_release(cv_context_t *ctx)
+void cv_context_release(cv_context_t *ctx)
 {
     if (!ctx)
         return;
@@ -289,13 +281,6 @@ static void context_release(cv_context_t *ctx)
     }
     cvi_node_release(cvi_context_owned_root(ctx));
     cvi_free(ctx, sizeof(*ctx));
-}
-
-void cv_context_release(cv_context_t *ctx)
-{
-    cvi_op_begin();
-    context_release(ctx);
-    cvi_op_end();
 }
 
 /* ------------------------------------------------------------- switching */
@@ -321,10 +306,6 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
     return CV_OK;
 }
 
-/* Switching needs no fork guard (thread.h): a claim, a push on the
- * thread's own stack and one atomic increment cannot be caught halfway in
- * a way that tears shared state; dropping a reference is guarded where it
- * happens. */
 cv_status_t cv_context_enter(cv_context_t *ctx)
 {
     return enter(ctx, true);
@@ -419,7 +400,7 @@ size_t cv_context_len(cv_context_t *ctx)
     return len;
 }
 
-static bool context_equal(cv_context_t *a, cv_context_t *b)
+bool cv_context_equal(cv_context_t *a, cv_context_t *b)
 {
     if (!a || !b)
         return false;
@@ -432,28 +413,13 @@ static bool context_equal(cv_context_t *a, cv_context_t *b)
     return equal;
 }
 
-bool cv_context_equal(cv_context_t *a, cv_context_t *b)
-{
-    cvi_op_begin();
-    bool result = context_equal(a, b);
-    cvi_op_end();
-    return result;
-}
-
-static void context_iter_init(cv_context_iter_t *it, cv_context_t *ctx)
+void cv_context_iter_init(cv_context_iter_t *it, cv_context_t *ctx)
 {
     if (!it)
         return;
     cvi_hamt_node *root = ctx ? snapshot(ctx) : NULL;
     it->cv_private_snapshot = root;
     cvi_hamt_iter_init(&it->cv_private_walk, root);
-}
-
-void cv_context_iter_init(cv_context_iter_t *it, cv_context_t *ctx)
-{
-    cvi_op_begin();
-    context_iter_init(it, ctx);
-    cvi_op_end();
 }
 
 bool cv_context_iter_next(cv_context_iter_t *it, cv_var_t **var, void **value)
@@ -468,20 +434,13 @@ bool cv_context_iter_next(cv_context_iter_t *it, cv_var_t **var, void **value)
     return true;
 }
 
-static void context_iter_fini(cv_context_iter_t *it)
+void cv_context_iter_fini(cv_context_iter_t *it)
 {
     if (!it)
         return;
     cvi_node_release(it->cv_private_snapshot);
     it->cv_private_snapshot = NULL;
     cvi_hamt_iter_init(&it->cv_private_walk, NULL);
-}
-
-void cv_context_iter_fini(cv_context_iter_t *it)
-{
-    cvi_op_begin();
-    context_iter_fini(it);
-    cvi_op_end();
 }
 
 void cv_reclaim_barrier(void)

@@ -83,7 +83,6 @@ static void on_thread_exit(void *arg)
     struct cvi_thread *thread = arg;
     /* Entries lent by runs that the thread never returned from (it exited
      * inside fn) are only disowned: their reference is the caller's. */
-    cvi_op_begin();
     while (thread->depth) {
         cv_context_t *entry = thread->stack[--thread->depth];
         if (cvi_stack_borrowed(entry))
@@ -101,8 +100,8 @@ static void on_thread_exit(void *arg)
     lookup->cache = NULL;
     lookup->cache_len = 0;
     cvi_thread_view_changed();
-    /* Zero, not one less: a thread that exits from inside an operation (a
-     * release hook calling pthread_exit) has abandoned it, and fork(),
+    /* Zero: a thread that exits from inside a bracketed update (a release
+     * hook calling pthread_exit) has abandoned it, and fork(),
      * which holds the registry while it waits, must not wait for it.
      * Release: as in cvi_op_end. */
     atomic_store_explicit(&thread->op_depth, 0, memory_order_release);
@@ -222,11 +221,11 @@ int cv_thread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*star
 /* ------------------------------------------------------------------- fork */
 
 /* fork() copies each page of the parent at a different moment while the
- * other threads run on, so a library operation under way in another thread
- * would reach the child half done (a map updated in place, a path copied
- * but its reference counts not yet all taken, a writing flag that nobody
- * will clear). So new operations wait, and those under way finish, before
- * the fork. This comes first: an operation may take the locks below. */
+ * other threads run on, so an update in place under way in another thread
+ * would reach the child half done: a torn map, and a writing flag that
+ * nobody will clear. So new updates wait, and those under way finish,
+ * before the fork (thread.h, cvi_op_begin). This comes first: an update
+ * may take the locks below (a dropped variable takes the slot lock). */
 static void quiesce_operations(void)
 {
     pthread_mutex_lock(&registry_lock);

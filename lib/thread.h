@@ -23,8 +23,8 @@ struct cvi_thread {
     uint32_t run_floor; /* exit may only pop entries above this index */
     uint64_t next_context_id, context_id_end;
     bool exit_hook_armed;
-    /* Depth of library operations under way on this thread: fork() waits
-     * until every registered thread is outside one (thread.c). */
+    /* Depth of cvi_op_begin brackets under way on this thread: fork()
+     * waits until every registered thread is outside one (thread.c). */
     atomic_uint op_depth;
     bool registered;
     struct cvi_thread *registry_prev, *registry_next;
@@ -51,19 +51,21 @@ static inline bool cvi_stack_borrowed(cv_context_t *entry)
  * troubleshooting). */
 extern __thread struct cvi_thread cvi_thread_state __attribute__((tls_model("initial-exec")));
 
-/* Raised while a fork() is under way: no library operation starts then. */
+/* Raised while a fork() is under way: no bracketed operation starts then. */
 extern atomic_bool cvi_fork_pending;
 
 /* The slow path of cvi_op_begin: registers the thread, or waits out a
  * fork(). */
 void cvi_op_admit(struct cvi_thread *thread);
 
-/* Brackets a library operation that writes memory other threads can reach
- * (reference counts, maps, ownership), so that fork() never snapshots one
- * half done: the child would inherit torn maps and counts. The thread
- * stores its depth, fences and loads cvi_fork_pending; fork() stores that,
- * fences and loads every depth (Dekker, with reclaim.h's asymmetric
- * fences: here a compiler barrier). Nests. */
+/* Brackets an operation that fork() must not snapshot half done: an
+ * update in place, which would leave the child a torn map and a writing
+ * flag nobody clears. (Everything else the library does to shared memory
+ * is single atomic steps, or frees and path copies that, caught halfway,
+ * only leak in the child.) The thread stores its depth, fences and loads
+ * cvi_fork_pending; fork() stores that, fences and loads every depth
+ * (Dekker, with reclaim.h's asymmetric fences: here a compiler barrier).
+ * Nests. */
 static inline void cvi_op_begin(void)
 {
     struct cvi_thread *thread = &cvi_thread_state;

@@ -157,17 +157,10 @@ void cvi_var_unref(cv_var_t *var)
     cvi_free(var->allocation, VAR_ALLOCATION_SIZE);
 }
 
-static void var_release(cv_var_t *var)
+void cv_var_release(cv_var_t *var)
 {
     if (var)
         cvi_var_unref(var);
-}
-
-void cv_var_release(cv_var_t *var)
-{
-    cvi_op_begin();
-    var_release(var);
-    cvi_op_end();
 }
 
 const char *cv_var_name(const cv_var_t *var)
@@ -328,12 +321,17 @@ static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, v
 {
     cvi_hamt_node *root = cvi_context_owned_root(ctx);
     bool ok;
+    /* Only an update in place can be torn by a fork (thread.h); a path copy
+     * caught halfway only leaks in the child. */
+    cvi_op_begin();
     if (cvi_context_begin_write(ctx)) {
         ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, &cvi_var_entry_ops)
                     : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, &cvi_var_entry_ops,
                                               old_value, had_old);
         cvi_context_end_write(ctx, root);
+        cvi_op_end();
     } else {
+        cvi_op_end();
         cvi_hamt_node *new_root;
         ok = remove ? cvi_hamt_without(root, var, var->head.hash, &cvi_var_entry_ops, &new_root)
                     : cvi_hamt_assoc(root, var, var->head.hash, value, &cvi_var_entry_ops,
@@ -346,7 +344,7 @@ static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, v
     return ok;
 }
 
-static cv_status_t set(cv_var_t *var, void *value, cv_token_t *token)
+cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
 {
     if (!var) {
         token_clear(token);
@@ -384,15 +382,7 @@ static cv_status_t set(cv_var_t *var, void *value, cv_token_t *token)
     return CV_OK;
 }
 
-cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
-{
-    cvi_op_begin();
-    cv_status_t result = set(var, value, token);
-    cvi_op_end();
-    return result;
-}
-
-static cv_status_t reset(cv_var_t *var, cv_token_t *token)
+cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
 {
     if (!var || !token)
         return CV_EINVAL;
@@ -416,14 +406,6 @@ static cv_status_t reset(cv_var_t *var, cv_token_t *token)
     return CV_OK;
 }
 
-cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
-{
-    cvi_op_begin();
-    cv_status_t result = reset(var, token);
-    cvi_op_end();
-    return result;
-}
-
 /* ----------------------------------------------------------------- tokens */
 
 cv_var_t *cv_token_var(const cv_token_t *token)
@@ -444,15 +426,8 @@ bool cv_token_used(const cv_token_t *token)
     return !token || !(token->cv_private_flags & TOKEN_LIVE);
 }
 
-static void token_discard(cv_token_t *token)
+void cv_token_discard(cv_token_t *token)
 {
     if (token && (token->cv_private_flags & TOKEN_LIVE))
         token_spend(token);
-}
-
-void cv_token_discard(cv_token_t *token)
-{
-    cvi_op_begin();
-    token_discard(token);
-    cvi_op_end();
 }

@@ -12,9 +12,10 @@
  * cv_status_t; constructors return NULL on allocation failure or on a NULL
  * argument they need. A misuse returns its status and changes nothing.
  *
- * fork(): the library's fork handlers let operations under way in other
- * threads finish first, so the child inherits whole maps and counts and
- * can use everything. Contexts that other threads had entered stay owned
+ * fork(): the library's fork handlers let updates under way in other
+ * threads finish first, so the child inherits whole maps and can use
+ * everything (what other threads were freeing at that moment may leak in
+ * the child). Contexts that other threads had entered stay owned
  * by those (absent) threads in the child: readable and copyable, not
  * enterable. A retain/release hook that waits for the forking thread would
  * deadlock the fork.
