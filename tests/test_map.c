@@ -29,7 +29,7 @@
 
 #include <cmocka.h>
 
-#include <fnmatch.h>
+#include "run_selected.h"
 
 #define GROUP_NAME "test_map"
 #define VAL(x) ((void *)(uintptr_t)(x))
@@ -1226,32 +1226,6 @@ static void test_deep_trie(void **state)
     cv_reclaim_barrier();
 }
 
-/* CV_TEST_FILTER / CV_TEST_SKIP: comma-separated globs over test names, to
- * replay one test or to step around a known failure. */
-static bool matches_any(const char *patterns, const char *name)
-{
-    char buf[512];
-    snprintf(buf, sizeof(buf), "%s", patterns);
-    for (char *save = NULL, *p = strtok_r(buf, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
-        if (fnmatch(p, name, 0) == 0)
-            return true;
-    }
-    return false;
-}
-
-static size_t select_tests(struct CMUnitTest *tests, size_t n)
-{
-    const char *only = getenv("CV_TEST_FILTER"), *skip = getenv("CV_TEST_SKIP");
-    size_t kept = 0;
-    for (size_t i = 0; i < n; i++) {
-        if ((only && !matches_any(only, tests[i].name)) ||
-            (skip && matches_any(skip, tests[i].name)))
-            continue;
-        tests[kept++] = tests[i];
-    }
-    return kept;
-}
-
 int main(void)
 {
     struct CMUnitTest tests[] = {
@@ -1263,6 +1237,5 @@ int main(void)
         cmocka_unit_test(test_equality),
         cmocka_unit_test(test_deep_trie),
     };
-    size_t n = select_tests(tests, sizeof(tests) / sizeof(tests[0]));
-    return _cmocka_run_group_tests(GROUP_NAME, tests, n, NULL, NULL);
+    return cv_test_run_selected(GROUP_NAME, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "tracked_values.h"
+
 #include <ctxvars.h>
 
 #include <errno.h>
@@ -88,36 +90,6 @@ static void other_free(void *ptr, size_t size, void *data)
     (void)size;
     (void)data;
     free(ptr);
-}
-
-/* --------------------------------------------------------------- hooks */
-
-struct tracked {
-    atomic_int live;
-    atomic_int retains;
-};
-
-static atomic_int underflows;
-
-static void tracked_retain(void *value)
-{
-    if (!value)
-        return;
-    struct tracked *t = value;
-    atomic_fetch_add(&t->retains, 1);
-    atomic_fetch_add(&t->live, 1);
-}
-
-static void tracked_release(void *value)
-{
-    if (value && atomic_fetch_sub(&((struct tracked *)value)->live, 1) <= 0)
-        atomic_fetch_add(&underflows, 1);
-}
-
-static void tracked_init(struct tracked *t)
-{
-    atomic_init(&t->live, 0);
-    atomic_init(&t->retains, 0);
 }
 
 /* ------------------------------------------------------------- helpers */

@@ -11,6 +11,8 @@
 
 #include <cmocka.h>
 
+#include "tracked_values.h"
+
 #include <ctxvars.h>
 
 #include "testing.h"
@@ -22,45 +24,6 @@
 #include <string.h>
 
 /* ------------------------------------------------------------- helpers */
-
-/* A value whose references the library reports through the hooks; `live`
- * is retains minus releases. */
-struct tracked {
-    atomic_int live;
-    atomic_int retains;
-    atomic_int releases;
-};
-
-/* Hooks may run on the reclamation thread: everything they touch is atomic. */
-static atomic_long total_retains, total_releases, underflows;
-
-static void tracked_init(struct tracked *t)
-{
-    atomic_init(&t->live, 0);
-    atomic_init(&t->retains, 0);
-    atomic_init(&t->releases, 0);
-}
-
-static void tracked_retain(void *value)
-{
-    atomic_fetch_add(&total_retains, 1);
-    if (!value)
-        return;
-    struct tracked *t = value;
-    atomic_fetch_add(&t->retains, 1);
-    atomic_fetch_add(&t->live, 1);
-}
-
-static void tracked_release(void *value)
-{
-    atomic_fetch_add(&total_releases, 1);
-    if (!value)
-        return;
-    struct tracked *t = value;
-    atomic_fetch_add(&t->releases, 1);
-    if (atomic_fetch_sub(&t->live, 1) <= 0)
-        atomic_fetch_add(&underflows, 1);
-}
 
 static cv_var_t *tracked_var(const char *name, void *default_value, bool has_default)
 {

@@ -32,7 +32,7 @@
 
 #include <cmocka.h>
 
-#include <fnmatch.h>
+#include "run_selected.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -1454,32 +1454,6 @@ static void test_thread_exits_leave_nothing(void **state)
 }
 #endif
 
-/* CV_TEST_FILTER / CV_TEST_SKIP: comma-separated globs over test names, to
- * replay one test or to step around a known failure. */
-static bool matches_any(const char *patterns, const char *name)
-{
-    char buf[512];
-    snprintf(buf, sizeof(buf), "%s", patterns);
-    for (char *save = NULL, *p = strtok_r(buf, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
-        if (fnmatch(p, name, 0) == 0)
-            return true;
-    }
-    return false;
-}
-
-static size_t select_tests(struct CMUnitTest *tests, size_t n)
-{
-    const char *only = getenv("CV_TEST_FILTER"), *skip = getenv("CV_TEST_SKIP");
-    size_t kept = 0;
-    for (size_t i = 0; i < n; i++) {
-        if ((only && !matches_any(only, tests[i].name)) ||
-            (skip && matches_any(skip, tests[i].name)))
-            continue;
-        tests[kept++] = tests[i];
-    }
-    return kept;
-}
-
 int main(void)
 {
 #ifdef CV_TEST_COUNTING_ALLOCATOR
@@ -1508,6 +1482,5 @@ int main(void)
         cmocka_unit_test(test_thread_exits_leave_nothing),
 #endif
     };
-    size_t n = select_tests(tests, sizeof(tests) / sizeof(tests[0]));
-    return _cmocka_run_group_tests(GROUP_NAME, tests, n, NULL, NULL);
+    return cv_test_run_selected(GROUP_NAME, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -10,6 +10,8 @@
 
 #include <cmocka.h>
 
+#include "tracked_values.h"
+
 #include <ctxvars.h>
 
 #include <pthread.h>
@@ -19,34 +21,6 @@
 
 static char value_a[] = "a", value_b[] = "b", value_c[] = "c", value_d[] = "d";
 static char sentinel[] = "sentinel";
-
-struct tracked {
-    atomic_int live;
-    atomic_int retains;
-};
-
-static atomic_int underflows;
-
-static void tracked_retain(void *value)
-{
-    if (!value)
-        return;
-    struct tracked *t = value;
-    atomic_fetch_add(&t->retains, 1);
-    atomic_fetch_add(&t->live, 1);
-}
-
-static void tracked_release(void *value)
-{
-    if (value && atomic_fetch_sub(&((struct tracked *)value)->live, 1) <= 0)
-        atomic_fetch_add(&underflows, 1);
-}
-
-static void tracked_init(struct tracked *t)
-{
-    atomic_init(&t->live, 0);
-    atomic_init(&t->retains, 0);
-}
 
 static cv_var_t *tracked_var(const char *name)
 {
