@@ -26,13 +26,6 @@
 namespace cvbench
 {
 
-#define CV_CHECK(expr)                                                                             \
-    do {                                                                                           \
-        cv_status_t cv_check_status_ = (expr);                                                     \
-        if (__builtin_expect(cv_check_status_ != CV_OK, 0))                                        \
-            check(cv_check_status_, #expr);                                                        \
-    } while (0)
-
 static __thread void *tls_value;
 static pthread_key_t mt_key;
 

@@ -36,13 +36,6 @@
 namespace cvbench
 {
 
-#define CV_CHECK(expr)                                                                             \
-    do {                                                                                           \
-        cv_status_t cv_check_status_ = (expr);                                                     \
-        if (__builtin_expect(cv_check_status_ != CV_OK, 0))                                        \
-            check(cv_check_status_, #expr);                                                        \
-    } while (0)
-
 /* The physical limit of a thread-local read: initial-exec/local-exec TLS in
  * the executable, a single %fs-relative load. */
 static __thread void *tls_value;
