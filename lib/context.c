@@ -55,15 +55,14 @@
 
 #include <sched.h>
 
-/* The foreign word: mode in the low bits, readers inside above it,
- * arrivals (wrapping) in the high half. A reader that finds ANNOUNCED
- * knows that a rare-side fence ran after the mode went up; one that finds
- * RAISING runs its own. */
+/* The mode of the foreign word (layout in context.h). A reader that finds
+ * ANNOUNCED knows that a rare-side fence ran after the mode went up; one
+ * that finds RAISING runs its own. */
 enum foreign_mode { FOREIGN_NONE, FOREIGN_RAISING, FOREIGN_ANNOUNCED };
-#define FOREIGN_MODE_MASK UINT64_C(3)
-#define FOREIGN_ONE_INSIDE (UINT64_C(1) << 2)
-#define FOREIGN_INSIDE_MASK (UINT64_C(0x3fffffff) << 2)
-#define FOREIGN_ONE_ARRIVAL (UINT64_C(1) << 32)
+#define FOREIGN_MODE_MASK CVI_FOREIGN_MODE_MASK
+#define FOREIGN_ONE_INSIDE CVI_FOREIGN_ONE_INSIDE
+#define FOREIGN_INSIDE_MASK CVI_FOREIGN_INSIDE_MASK
+#define FOREIGN_ONE_ARRIVAL (UINT64_C(1) << CVI_FOREIGN_ARRIVAL_SHIFT)
 #define QUIET_UPDATES_TO_LOWER 64
 
 cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
@@ -122,13 +121,54 @@ void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)
     cvi_node_release(old_root);
 }
 
+static void unowned_readers_gone(void *arg)
+{
+    cv_context_t *ctx = arg;
+    /* Release: their walks happen before the owner's next update in place
+     * (its acquire load of the word in begin_write). */
+    atomic_fetch_sub_explicit(&ctx->foreign, CVI_FOREIGN_ONE_PENDING, memory_order_release);
+    cv_context_release(ctx);
+}
+
+/* Readers that found the context unowned (read_unowned) counted nothing:
+ * the new owner copies paths until a grace period from now, after which
+ * every one of them is done. */
+static void wait_out_unowned_readers(cv_context_t *ctx)
+{
+    /* Seq_cst: ordered after our claim (see read_unowned). */
+    uint64_t foreign =
+        atomic_fetch_and_explicit(&ctx->foreign, ~CVI_FOREIGN_READ_UNOWNED, memory_order_seq_cst);
+    if (!(foreign & CVI_FOREIGN_READ_UNOWNED))
+        return;
+    /* Relaxed: only this thread looks at the pending count until the
+     * grace period ends. */
+    if ((foreign & CVI_FOREIGN_PENDING_MASK) != CVI_FOREIGN_PENDING_MASK) {
+        atomic_fetch_add_explicit(&ctx->foreign, CVI_FOREIGN_ONE_PENDING, memory_order_relaxed);
+        cv_context_retain(ctx);
+        if (cvi_defer(unowned_readers_gone, ctx))
+            return;
+        cv_context_release(ctx);
+        atomic_fetch_sub_explicit(&ctx->foreign, CVI_FOREIGN_ONE_PENDING, memory_order_relaxed);
+    }
+    /* Out of memory, or the count is full: wait for the grace period here. */
+    cvi_synchronize();
+}
+
 bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread)
 {
     struct cvi_thread *nobody = NULL;
-    /* Acquire: pairs with the release in cvi_context_leave, so the previous
-     * owner's last root is the one we start from. */
+    /* Seq_cst: the Dekker pair of read_unowned's flag store and owner load;
+     * it also acquires from cvi_context_disown, so the previous owner's
+     * last root is the one we start from. */
     return atomic_compare_exchange_strong_explicit(&ctx->owner, &nobody, thread,
-                                                   memory_order_acquire, memory_order_relaxed);
+                                                   memory_order_seq_cst, memory_order_relaxed);
+}
+
+void cvi_context_claimed(cv_context_t *ctx)
+{
+    /* Seq_cst: after the claim; a plain load in the common case. */
+    if (atomic_load_explicit(&ctx->foreign, memory_order_seq_cst) & CVI_FOREIGN_READ_UNOWNED)
+        wait_out_unowned_readers(ctx);
 }
 
 void cvi_context_disown(cv_context_t *ctx)
@@ -151,8 +191,9 @@ static bool owned_by_caller(cv_context_t *ctx)
 
 void cvi_context_note_foreign(cv_context_t *ctx, uint64_t foreign)
 {
-    uint32_t arrivals = (uint32_t)(foreign >> 32);
-    if ((foreign & FOREIGN_INSIDE_MASK) || arrivals != ctx->arrivals_seen) {
+    uint32_t arrivals = (uint32_t)(foreign >> CVI_FOREIGN_ARRIVAL_SHIFT);
+    if ((foreign & (FOREIGN_INSIDE_MASK | CVI_FOREIGN_PENDING_MASK)) ||
+        arrivals != ctx->arrivals_seen) {
         ctx->arrivals_seen = arrivals;
         ctx->quiet_updates = 0;
         return;
@@ -222,6 +263,53 @@ static void foreign_leave(cv_context_t *ctx)
     atomic_fetch_sub_explicit(&ctx->foreign, FOREIGN_ONE_INSIDE, memory_order_release);
 }
 
+/* Inside a read-side section: whether the context has no owner, in which
+ * case the caller may read it without counting itself. It raises the
+ * word's flag of reads while unowned first, so that a thread that claims
+ * the context meanwhile sees the flag (or we see its claim) and copies
+ * paths for a grace period (wait_out_unowned_readers). A context that every
+ * request copies, and nobody enters, is read this way: the flag goes up
+ * once, and readers share its cache line instead of bouncing a count. */
+static bool read_unowned(cv_context_t *ctx)
+{
+    /* Seq_cst, the three of them: the reader's half of the Dekker pair
+     * with cvi_context_claim (flag, then owner; claim, then flag). */
+    if (!(atomic_load_explicit(&ctx->foreign, memory_order_seq_cst) & CVI_FOREIGN_READ_UNOWNED))
+        atomic_fetch_or_explicit(&ctx->foreign, CVI_FOREIGN_READ_UNOWNED, memory_order_seq_cst);
+    return atomic_load_explicit(&ctx->owner, memory_order_seq_cst) == NULL;
+}
+
+/* Runs walk(ctx, arg) on the current map of a context that the caller
+ * does not own, inside a read-side section, announced as the context's
+ * state asks: not at all while nobody owns it, counted otherwise. */
+static void read_foreign(cv_context_t *ctx, void (*walk)(cv_context_t *ctx, void *arg), void *arg)
+{
+    cvi_read_lock();
+    bool unowned = read_unowned(ctx);
+    if (unowned)
+        walk(ctx, arg);
+    cvi_read_unlock();
+    if (unowned)
+        return;
+    foreign_enter(ctx);
+    cvi_read_lock();
+    walk(ctx, arg);
+    cvi_read_unlock();
+    foreign_leave(ctx);
+}
+
+/* Takes a reference to the root into *(cvi_hamt_node **)arg. A failed
+ * retain means the owner has just replaced this root and dropped it: the
+ * next load finds the new one. */
+static void keep_root(cv_context_t *ctx, void *arg)
+{
+    cvi_hamt_node *root;
+    do
+        root = foreign_root(ctx);
+    while (root && !cvi_hamt_try_retain(root));
+    *(cvi_hamt_node **)arg = root;
+}
+
 /* A reference to the current root of a context that another thread may be
  * writing. */
 static cvi_hamt_node *snapshot(cv_context_t *ctx)
@@ -233,15 +321,7 @@ static cvi_hamt_node *snapshot(cv_context_t *ctx)
             cvi_hamt_retain(root);
         return root;
     }
-    foreign_enter(ctx);
-    cvi_read_lock();
-    /* A failed retain means the owner has just replaced this root and
-     * dropped it: the next load finds the new one. */
-    do
-        root = foreign_root(ctx);
-    while (root && !cvi_hamt_try_retain(root));
-    cvi_read_unlock();
-    foreign_leave(ctx);
+    read_foreign(ctx, keep_root, &root);
     return root;
 }
 
@@ -302,6 +382,7 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
     }
     if (take_reference)
         cv_context_retain(ctx);
+    cvi_context_claimed(ctx);
     cvi_thread_view_changed();
     return CV_OK;
 }
@@ -361,16 +442,31 @@ cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
 /* ---------------------------------------------------------- mapping API */
 
 /* Runs a lookup on the context's current map without keeping it. */
+struct lookup {
+    const cv_var_t *var;
+    void **value;
+    bool found;
+};
+
+static void look_up(cv_context_t *ctx, void *arg)
+{
+    struct lookup *lookup = arg;
+    lookup->found =
+        cvi_hamt_find(foreign_root(ctx), lookup->var, lookup->var->head.hash, lookup->value);
+}
+
 static bool find(cv_context_t *ctx, const cv_var_t *var, void **value)
 {
     if (owned_by_caller(ctx))
         return cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, value);
-    foreign_enter(ctx);
-    cvi_read_lock();
-    bool found = cvi_hamt_find(foreign_root(ctx), var, var->head.hash, value);
-    cvi_read_unlock();
-    foreign_leave(ctx);
-    return found;
+    struct lookup lookup = {var, value, false};
+    read_foreign(ctx, look_up, &lookup);
+    return lookup.found;
+}
+
+static void count_keys(cv_context_t *ctx, void *arg)
+{
+    *(size_t *)arg = cvi_hamt_count(foreign_root(ctx));
 }
 
 cv_status_t cv_context_get(cv_context_t *ctx, const cv_var_t *var, void **out)
@@ -392,11 +488,8 @@ size_t cv_context_len(cv_context_t *ctx)
         return 0;
     if (owned_by_caller(ctx))
         return cvi_hamt_count(cvi_context_owned_root(ctx));
-    foreign_enter(ctx);
-    cvi_read_lock();
-    size_t len = cvi_hamt_count(foreign_root(ctx));
-    cvi_read_unlock();
-    foreign_leave(ctx);
+    size_t len;
+    read_foreign(ctx, count_keys, &len);
     return len;
 }
 

@@ -19,8 +19,7 @@ struct cv_context {
     /* The thread that has the context entered, or NULL. */
     _Atomic(struct cvi_thread *) owner;
     /* Threads reading the context without owning it (context.c's top
-     * comment): in the low half a mode and how many are reading now (zero:
-     * the owner may update in place), in the high half how many arrived. */
+     * comment, the layout below). */
     _Atomic uint64_t foreign;
     /* Set by the owner while it updates nodes in place. */
     atomic_bool writing_in_place;
@@ -42,9 +41,23 @@ static inline cvi_hamt_node *cvi_context_owned_root(cv_context_t *ctx)
     return atomic_load_explicit(&ctx->root, memory_order_relaxed);
 }
 
+/* The foreign word (context.c's top comment), from the low bits: the mode
+ * (2 bits), the flag of reads while unowned, grace periods pending since a
+ * claim (16 bits), readers inside (24 bits), arrivals (21 bits, wrapping). */
+#define CVI_FOREIGN_MODE_MASK UINT64_C(3)
+#define CVI_FOREIGN_READ_UNOWNED (UINT64_C(1) << 2)
+#define CVI_FOREIGN_ONE_PENDING (UINT64_C(1) << 3)
+#define CVI_FOREIGN_PENDING_MASK (UINT64_C(0xffff) << 3)
+#define CVI_FOREIGN_ONE_INSIDE (UINT64_C(1) << 19)
+#define CVI_FOREIGN_INSIDE_MASK (UINT64_C(0xffffff) << 19)
+#define CVI_FOREIGN_ARRIVAL_SHIFT 43
+
+/* Whether the owner must copy paths: the mode is up, readers are inside,
+ * or readers that came while nobody owned the context may still be. */
 static inline bool cvi_foreign_readers_about(uint64_t foreign)
 {
-    return (uint32_t)foreign != 0;
+    return (foreign &
+            (CVI_FOREIGN_MODE_MASK | CVI_FOREIGN_PENDING_MASK | CVI_FOREIGN_INSIDE_MASK)) != 0;
 }
 
 /* The owner's slow path when foreign readers are about: decides whether
@@ -87,6 +100,10 @@ void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root);
 /* Makes `thread` the owner of a context nobody has entered; false if some
  * thread has. */
 bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread);
+/* The new owner's next step, once nothing can fail any more and before it
+ * updates the context: makes sure that readers which found the context
+ * unowned are gone before any update in place. Never fails. */
+void cvi_context_claimed(cv_context_t *ctx);
 /* Gives up ownership. */
 void cvi_context_disown(cv_context_t *ctx);
 /* Gives up ownership and the stack's reference. */

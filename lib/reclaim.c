@@ -128,11 +128,19 @@ static void dispose_list(void *list, dispose_fn dispose)
     }
 }
 
+/* Retirements made by disposals and deferred calls (a node's last child,
+ * the root of a context a deferred call releases): the barrier waits for
+ * these cascades too. */
+static __thread bool in_callback __attribute__((tls_model("initial-exec")));
+static atomic_ulong callback_retirements;
+
 static void dispose_batch(struct rcu_head *rcu)
 {
     struct batch *batch = caa_container_of(rcu, struct batch, rcu);
     tsan_acquire_from_grace_period();
+    in_callback = true;
     dispose_list(batch->list, batch->dispose);
+    in_callback = false;
     cvi_free(batch, sizeof(*batch));
 }
 
@@ -144,9 +152,7 @@ static void submit(void *list, dispose_fn dispose)
     if (!batch) {
         /* Out of memory for the batch header: wait for the grace period
          * here instead. Slow, but retiring must not fail. */
-        tsan_release_to_grace_period();
-        urcu_bp_synchronize_rcu();
-        tsan_acquire_from_grace_period();
+        cvi_synchronize();
         dispose_list(list, dispose);
         return;
     }
@@ -154,6 +160,41 @@ static void submit(void *list, dispose_fn dispose)
     batch->list = list;
     tsan_release_to_grace_period();
     urcu_bp_call_rcu(&batch->rcu, dispose_batch);
+}
+
+struct deferred {
+    struct rcu_head rcu;
+    void (*fn)(void *arg);
+    void *arg;
+};
+
+static void run_deferred(struct rcu_head *rcu)
+{
+    struct deferred *deferred = caa_container_of(rcu, struct deferred, rcu);
+    tsan_acquire_from_grace_period();
+    in_callback = true;
+    deferred->fn(deferred->arg);
+    in_callback = false;
+    cvi_free(deferred, sizeof(*deferred));
+}
+
+bool cvi_defer(void (*fn)(void *arg), void *arg)
+{
+    struct deferred *deferred = cvi_alloc(sizeof(*deferred));
+    if (!deferred)
+        return false;
+    deferred->fn = fn;
+    deferred->arg = arg;
+    tsan_release_to_grace_period();
+    urcu_bp_call_rcu(&deferred->rcu, run_deferred);
+    return true;
+}
+
+void cvi_synchronize(void)
+{
+    tsan_release_to_grace_period();
+    urcu_bp_synchronize_rcu();
+    tsan_acquire_from_grace_period();
 }
 
 /* Takes the pending list, leaving it empty. */
@@ -211,6 +252,10 @@ static void register_thread(struct pending *pending)
 void cvi_retire(void *obj, void (*dispose)(void *obj))
 {
     struct pending *pending = &thread_pending;
+    /* Relaxed: the barrier reads it after urcu_bp_barrier, which waited
+     * for this callback to return. */
+    if (in_callback)
+        atomic_fetch_add_explicit(&callback_retirements, 1, memory_order_relaxed);
     if (!pending->registered)
         register_thread(pending);
     if (atomic_load_explicit(&pending->dispose, memory_order_relaxed) != dispose) {
@@ -271,7 +316,7 @@ static void append(struct chain *chain, void *list)
  * registry lock. A pass that meets more dispose functions than it has
  * chains leaves the other lists to the next pass.
  */
-void cvi_reclaim_barrier(void)
+static void flush_every_thread(void)
 {
     bool again;
     do {
@@ -292,7 +337,27 @@ void cvi_reclaim_barrier(void)
             if (chains[i].head)
                 submit(chains[i].head, chains[i].dispose);
     } while (again);
-    urcu_bp_barrier();
+}
+
+/* Rounds of cascading retirements a barrier follows: a cascade goes one
+ * trie level (at most 7) or one context per round. Other threads' new
+ * retirements are not waited for: the barrier only owes what came before
+ * it. */
+#define BARRIER_MAX_ROUNDS 16
+
+/* Disposals and deferred calls may retire more; those land on the RCU
+ * worker's own list, so flush and wait again while callbacks retired
+ * something during the last wait. */
+void cvi_reclaim_barrier(void)
+{
+    flush_every_thread();
+    for (int round = 0; round < BARRIER_MAX_ROUNDS; round++) {
+        unsigned long before = atomic_load_explicit(&callback_retirements, memory_order_relaxed);
+        urcu_bp_barrier();
+        if (atomic_load_explicit(&callback_retirements, memory_order_relaxed) == before)
+            break;
+        flush_every_thread();
+    }
 }
 
 /*

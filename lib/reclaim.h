@@ -23,6 +23,14 @@ void cvi_read_unlock(void);
  * section. */
 void cvi_retire(void *obj, void (*dispose)(void *obj));
 
+/* Calls fn(arg) on some other thread after a grace period, when every
+ * read-side section under way now has ended. False if memory is short:
+ * nothing is scheduled then. */
+bool cvi_defer(void (*fn)(void *arg), void *arg);
+
+/* Waits for a grace period. Not inside a read-side section. */
+void cvi_synchronize(void);
+
 /* Returns once everything retired by any thread before the call has been
  * disposed of. */
 void cvi_reclaim_barrier(void);

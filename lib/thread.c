@@ -132,6 +132,7 @@ static bool arm_exit_hook(struct cvi_thread *thread)
 static void install_base(struct cvi_thread *thread, cv_context_t *base)
 {
     cvi_context_claim(base, thread);
+    cvi_context_claimed(base);
     thread->stack = thread->inline_stack;
     thread->stack_capacity = CVI_INLINE_STACK;
     thread->stack[0] = base;
