@@ -46,6 +46,17 @@
  * mode without a membarrier per read. A mode that stayed up for good made
  * every later update of such a context a path copy retired through RCU,
  * which on a busy machine outran reclamation and grew without bound.
+ *
+ * A context that nobody has entered cannot change, and is often read by
+ * many threads at once (a base context that every request copies). Its
+ * readers count nothing: inside the read-side section they raise the
+ * word's sticky flag of reads while unowned (once: later readers find it
+ * up and only load it) and check that the owner is still nobody. A thread
+ * that claims the context then sees the flag (or the reader sees the
+ * claim), takes it down, and copies paths until a grace period has passed,
+ * when every such reader is done (a pending count in the word, dropped by
+ * a deferred call). Counting them would bounce one cache line between
+ * all the cores that copy the context.
  */
 #include "context.h"
 
