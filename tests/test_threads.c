@@ -842,6 +842,134 @@ static void test_context_handed_between_threads(void **state)
     cv_var_release(h.x);
 }
 
+/* Owners take turns (enter, a burst of sets, exit) while readers copy,
+ * look up and iterate the context: between two owners it is unowned, and
+ * its readers then count nothing, so the next owner must copy paths until
+ * they are gone. Values encode (sequence << 8 | variable): a reader may
+ * never see one that was not issued yet, nor a mixed snapshot. */
+#define TURN_VARS 24
+
+struct turns {
+    cv_context_t *ctx;
+    cv_var_t *vars[TURN_VARS];
+    atomic_ulong issued[TURN_VARS];
+    atomic_bool stop;
+    struct result res[4];
+};
+
+struct turns_role {
+    struct turns *tt;
+    int me;
+};
+
+static void *turns_owner_main(void *arg)
+{
+    struct turns_role *role = arg;
+    struct turns *tt = role->tt;
+    unsigned seed = (unsigned)role->me * 7919u + 1u;
+    while (!atomic_load(&tt->stop)) {
+        if (cv_context_enter(tt->ctx) != CV_OK) {
+            sched_yield();
+            continue;
+        }
+        for (int k = 0; k < 100; k++) {
+            seed = seed * 1103515245u + 12345u;
+            int i = (int)((seed >> 16) % TURN_VARS);
+            unsigned long seq = atomic_fetch_add(&tt->issued[i], 1) + 1;
+            cv_token_t tok;
+            CHECK(&tt->res[role->me],
+                  cv_set(tt->vars[i], VAL(seq << 8 | (unsigned)i), &tok) == CV_OK);
+            if (k % 4 == 0)
+                CHECK(&tt->res[role->me], cv_reset(tt->vars[i], &tok) == CV_OK);
+            else
+                cv_token_discard(&tok);
+        }
+        CHECK(&tt->res[role->me], cv_context_exit(tt->ctx) == CV_OK);
+        /* Pauses leave the context unowned, and without counted readers
+         * for long enough that the next owner would update in place. */
+        nanosleep(&(struct timespec){0, 200 * 1000}, NULL);
+    }
+    return NULL;
+}
+
+static bool turn_value_ok(struct turns *tt, int i, void *value)
+{
+    uintptr_t x = (uintptr_t)value;
+    return (int)(x & 0xff) == i && (x >> 8) >= 1 && (x >> 8) <= atomic_load(&tt->issued[i]);
+}
+
+static int turn_var_index(struct turns *tt, cv_var_t *var)
+{
+    for (int i = 0; i < TURN_VARS; i++)
+        if (tt->vars[i] == var)
+            return i;
+    return -1;
+}
+
+static void *turns_reader_main(void *arg)
+{
+    struct turns_role *role = arg;
+    struct turns *tt = role->tt;
+    struct result *res = &tt->res[role->me];
+    unsigned seed = (unsigned)role->me;
+    while (!atomic_load(&tt->stop)) {
+        cv_context_t *copy = cv_context_copy(tt->ctx);
+        CHECK(res, copy != NULL);
+        if (!copy)
+            continue;
+        size_t seen = 0;
+        cv_context_iter_t it;
+        cv_context_iter_init(&it, copy);
+        cv_var_t *var;
+        void *value;
+        while (cv_context_iter_next(&it, &var, &value)) {
+            int i = turn_var_index(tt, var);
+            CHECK(res, i >= 0 && turn_value_ok(tt, i, value));
+            seen++;
+        }
+        cv_context_iter_fini(&it);
+        CHECK(res, seen == cv_context_len(copy));
+        for (int i = 0; i < TURN_VARS; i++) {
+            if (cv_context_get(tt->ctx, tt->vars[i], &value) == CV_OK)
+                CHECK(res, turn_value_ok(tt, i, value));
+        }
+        cv_context_release(copy);
+        nanosleep(&(struct timespec){0, (long)(rand_r(&seed) % 500) * 1000}, NULL);
+    }
+    return NULL;
+}
+
+static void test_readers_while_owners_take_turns(void **state)
+{
+    (void)state;
+    struct turns *tt = calloc(1, sizeof(*tt));
+    assert_non_null(tt);
+    tt->ctx = cv_context_new();
+    for (int i = 0; i < TURN_VARS; i++)
+        tt->vars[i] = cv_var_new("turn", NULL);
+    struct turns_role roles[4];
+    pthread_t threads[4];
+    for (int r = 0; r < 4; r++) {
+        roles[r] = (struct turns_role){tt, r};
+        assert_int_equal(pthread_create(&threads[r], NULL,
+                                        r < 2 ? turns_owner_main : turns_reader_main, &roles[r]),
+                         0);
+    }
+    double end = now_seconds() + 1.0;
+    while (now_seconds() < end)
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    atomic_store(&tt->stop, true);
+    for (int r = 0; r < 4; r++)
+        join(threads[r]);
+    for (int r = 0; r < 4; r++)
+        assert_clean(&tt->res[r], r < 2 ? "owner" : "reader");
+    cv_context_release(tt->ctx);
+    for (int i = 0; i < TURN_VARS; i++)
+        cv_var_release(tt->vars[i]);
+    free(tt);
+    cv_reclaim_barrier();
+}
+
 struct ping_pong {
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -1473,6 +1601,7 @@ int main(void)
         cmocka_unit_test(test_first_foreign_reader_meets_writes_in_place),
         cmocka_unit_test(test_context_handed_between_threads),
         cmocka_unit_test(test_ping_pong),
+        cmocka_unit_test(test_readers_while_owners_take_turns),
         cmocka_unit_test(test_busy_in_another_thread),
         cmocka_unit_test(test_thread_exit_with_entered_contexts),
         cmocka_unit_test(test_thread_exit_inside_run),
