@@ -134,6 +134,14 @@ static void dispose_list(void *list, dispose_fn dispose)
 static __thread bool in_callback __attribute__((tls_model("initial-exec")));
 static atomic_ulong callback_retirements;
 
+/* Batches handed to call_rcu and not disposed of yet. On a busy machine
+ * the RCU worker can fall behind threads that retire without pause (a
+ * context written while others keep reading it); past this many batches
+ * (about 64k objects) a retiring thread waits for a grace period itself
+ * and disposes of its own batch, so that garbage stays bounded. */
+#define MAX_BATCHES_IN_FLIGHT 512
+static atomic_long batches_in_flight;
+
 static void dispose_batch(struct rcu_head *rcu)
 {
     struct batch *batch = caa_container_of(rcu, struct batch, rcu);
@@ -142,20 +150,28 @@ static void dispose_batch(struct rcu_head *rcu)
     dispose_list(batch->list, batch->dispose);
     in_callback = false;
     cvi_free(batch, sizeof(*batch));
+    /* Relaxed: a count for back-pressure, it orders nothing. */
+    atomic_fetch_sub_explicit(&batches_in_flight, 1, memory_order_relaxed);
 }
 
 static void submit(void *list, dispose_fn dispose)
 {
     if (!list)
         return;
-    struct batch *batch = cvi_alloc(sizeof(*batch));
+    /* Never from a callback: waiting there for a grace period would wait
+     * for the worker that runs it. Relaxed: see batches_in_flight. */
+    bool behind = !in_callback && atomic_load_explicit(&batches_in_flight, memory_order_relaxed) >
+                                      MAX_BATCHES_IN_FLIGHT;
+    struct batch *batch = behind ? NULL : cvi_alloc(sizeof(*batch));
     if (!batch) {
-        /* Out of memory for the batch header: wait for the grace period
-         * here instead. Slow, but retiring must not fail. */
+        /* Reclamation is behind, or memory is short for the batch header:
+         * wait for the grace period here instead. Slow, but retiring must
+         * not fail. */
         cvi_synchronize();
         dispose_list(list, dispose);
         return;
     }
+    atomic_fetch_add_explicit(&batches_in_flight, 1, memory_order_relaxed);
     batch->dispose = dispose;
     batch->list = list;
     tsan_release_to_grace_period();
