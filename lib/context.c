@@ -70,10 +70,6 @@
  * ANNOUNCED knows that a rare-side fence ran after the mode went up; one
  * that finds RAISING runs its own. */
 enum foreign_mode { FOREIGN_NONE, FOREIGN_RAISING, FOREIGN_ANNOUNCED };
-#define FOREIGN_MODE_MASK CVI_FOREIGN_MODE_MASK
-#define FOREIGN_ONE_INSIDE CVI_FOREIGN_ONE_INSIDE
-#define FOREIGN_INSIDE_MASK CVI_FOREIGN_INSIDE_MASK
-#define FOREIGN_ONE_ARRIVAL (UINT64_C(1) << CVI_FOREIGN_ARRIVAL_SHIFT)
 #define QUIET_UPDATES_TO_LOWER 64
 
 cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
@@ -203,7 +199,7 @@ static bool owned_by_caller(cv_context_t *ctx)
 void cvi_context_note_foreign(cv_context_t *ctx, uint64_t foreign)
 {
     uint32_t arrivals = (uint32_t)(foreign >> CVI_FOREIGN_ARRIVAL_SHIFT);
-    if ((foreign & (FOREIGN_INSIDE_MASK | CVI_FOREIGN_PENDING_MASK)) ||
+    if ((foreign & (CVI_FOREIGN_INSIDE_MASK | CVI_FOREIGN_PENDING_MASK)) ||
         arrivals != ctx->arrivals_seen) {
         ctx->arrivals_seen = arrivals;
         ctx->quiet_updates = 0;
@@ -214,8 +210,9 @@ void cvi_context_note_foreign(cv_context_t *ctx, uint64_t foreign)
     ctx->quiet_updates = 0;
     /* Acquire: the walks of every reader that has left (release) happen
      * before our next update in place. Fails harmlessly if one arrived. */
-    atomic_compare_exchange_strong_explicit(&ctx->foreign, &foreign, foreign & ~FOREIGN_MODE_MASK,
-                                            memory_order_acquire, memory_order_relaxed);
+    atomic_compare_exchange_strong_explicit(&ctx->foreign, &foreign,
+                                            foreign & ~CVI_FOREIGN_MODE_MASK, memory_order_acquire,
+                                            memory_order_relaxed);
 }
 
 /* Brings the mode up from `seen` (which counts us already) and runs the
@@ -223,7 +220,7 @@ void cvi_context_note_foreign(cv_context_t *ctx, uint64_t foreign)
 static void announce(cv_context_t *ctx, uint64_t seen)
 {
     /* Relaxed: the fence below orders it before our loads. */
-    while ((seen & FOREIGN_MODE_MASK) == FOREIGN_NONE &&
+    while ((seen & CVI_FOREIGN_MODE_MASK) == FOREIGN_NONE &&
            !atomic_compare_exchange_weak_explicit(&ctx->foreign, &seen, seen | FOREIGN_RAISING,
                                                   memory_order_relaxed, memory_order_relaxed))
         ;
@@ -234,10 +231,10 @@ static void announce(cv_context_t *ctx, uint64_t seen)
         sched_yield();
     /* Release: hands the fence's effect on to readers that find ANNOUNCED.
      * The mode cannot go down meanwhile: we are inside. */
-    while ((seen & FOREIGN_MODE_MASK) != FOREIGN_ANNOUNCED &&
-           !atomic_compare_exchange_weak_explicit(&ctx->foreign, &seen,
-                                                  (seen & ~FOREIGN_MODE_MASK) | FOREIGN_ANNOUNCED,
-                                                  memory_order_release, memory_order_relaxed))
+    while ((seen & CVI_FOREIGN_MODE_MASK) != FOREIGN_ANNOUNCED &&
+           !atomic_compare_exchange_weak_explicit(
+               &ctx->foreign, &seen, (seen & ~CVI_FOREIGN_MODE_MASK) | FOREIGN_ANNOUNCED,
+               memory_order_release, memory_order_relaxed))
         ;
 }
 
@@ -252,10 +249,10 @@ static void foreign_enter(cv_context_t *ctx)
      * the announcing reader ran. One add both counts us and reads the mode,
      * so the owner cannot lower it between the two. */
     uint64_t seen =
-        atomic_fetch_add_explicit(&ctx->foreign, FOREIGN_ONE_INSIDE + FOREIGN_ONE_ARRIVAL,
+        atomic_fetch_add_explicit(&ctx->foreign, CVI_FOREIGN_ONE_INSIDE + CVI_FOREIGN_ONE_ARRIVAL,
                                   memory_order_acquire) +
-        FOREIGN_ONE_INSIDE + FOREIGN_ONE_ARRIVAL;
-    if ((seen & FOREIGN_MODE_MASK) != FOREIGN_ANNOUNCED)
+        CVI_FOREIGN_ONE_INSIDE + CVI_FOREIGN_ONE_ARRIVAL;
+    if ((seen & CVI_FOREIGN_MODE_MASK) != FOREIGN_ANNOUNCED)
         announce(ctx, seen);
 }
 
@@ -271,7 +268,7 @@ static void foreign_leave(cv_context_t *ctx)
 {
     /* Release: our walk happens before any update in place that follows
      * the owner's lowering of the mode (its acquire compare-and-swap). */
-    atomic_fetch_sub_explicit(&ctx->foreign, FOREIGN_ONE_INSIDE, memory_order_release);
+    atomic_fetch_sub_explicit(&ctx->foreign, CVI_FOREIGN_ONE_INSIDE, memory_order_release);
 }
 
 /* Inside a read-side section: whether the context has no owner, in which
@@ -452,7 +449,6 @@ cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
 
 /* ---------------------------------------------------------- mapping API */
 
-/* Runs a lookup on the context's current map without keeping it. */
 struct lookup {
     const cv_var_t *var;
     void **value;
@@ -466,6 +462,7 @@ static void look_up(cv_context_t *ctx, void *arg)
         cvi_hamt_find(foreign_root(ctx), lookup->var, lookup->var->head.hash, lookup->value);
 }
 
+/* Runs a lookup on the context's current map without keeping it. */
 static bool find(cv_context_t *ctx, const cv_var_t *var, void **value)
 {
     if (owned_by_caller(ctx))

@@ -51,6 +51,7 @@ static inline cvi_hamt_node *cvi_context_owned_root(cv_context_t *ctx)
 #define CVI_FOREIGN_ONE_INSIDE (UINT64_C(1) << 19)
 #define CVI_FOREIGN_INSIDE_MASK (UINT64_C(0xffffff) << 19)
 #define CVI_FOREIGN_ARRIVAL_SHIFT 43
+#define CVI_FOREIGN_ONE_ARRIVAL (UINT64_C(1) << CVI_FOREIGN_ARRIVAL_SHIFT)
 
 /* Whether the owner must copy paths: the mode is up, readers are inside,
  * or readers that came while nobody owned the context may still be. */
@@ -65,15 +66,31 @@ static inline bool cvi_foreign_readers_about(uint64_t foreign)
 void cvi_context_note_foreign(cv_context_t *ctx, uint64_t foreign);
 
 /* Brackets an update in place by the owner. begin returns false, and the
- * owner must copy paths instead, while foreign readers are about; end
- * stores the (possibly new) root. */
+ * owner must copy paths instead, while foreign readers are about or a
+ * fork() is under way; end stores the (possibly new) root.
+ *
+ * fork() copies the parent's pages at different moments while other
+ * threads run on, so an update in place caught halfway would leave the
+ * child a torn map and a writing flag nobody clears (a path copy caught
+ * halfway only leaks there). The owner stores its thread's flag, fences
+ * and loads cvi_fork_pending; fork() stores that, fences and waits for
+ * every flag (thread.c): Dekker, with the asymmetric fences of reclaim.h.
+ * The context's flag goes up only after that check. */
 static inline bool cvi_context_begin_write(cv_context_t *ctx)
 {
-    /* A thread that fork() cannot wait for (thread.c) never updates in
-     * place. */
-    if (!cvi_thread_state.registered)
+    struct cvi_thread *thread = &cvi_thread_state;
+    /* A thread that fork() cannot wait for never updates in place. */
+    if (!thread->registered)
         return false;
-    /* Relaxed: the fence below orders it before the load of foreign. */
+    /* Relaxed, this store and the next: each fence below orders its store
+     * before the load that follows it. */
+    atomic_store_explicit(&thread->updating_in_place, true, memory_order_relaxed);
+    cvi_fence_hot();
+    /* Relaxed: ordered by the fence above. */
+    if (atomic_load_explicit(&cvi_fork_pending, memory_order_relaxed)) {
+        atomic_store_explicit(&thread->updating_in_place, false, memory_order_relaxed);
+        return false;
+    }
     atomic_store_explicit(&ctx->writing_in_place, true, memory_order_relaxed);
     cvi_fence_hot();
     /* Acquire: a zero stored by the owner's own lowering is ordered after
@@ -82,6 +99,7 @@ static inline bool cvi_context_begin_write(cv_context_t *ctx)
     if (!cvi_foreign_readers_about(foreign))
         return true;
     atomic_store_explicit(&ctx->writing_in_place, false, memory_order_relaxed);
+    atomic_store_explicit(&thread->updating_in_place, false, memory_order_relaxed);
     cvi_context_note_foreign(ctx, foreign);
     return false;
 }
@@ -89,8 +107,10 @@ static inline bool cvi_context_begin_write(cv_context_t *ctx)
 static inline void cvi_context_end_write(cv_context_t *ctx, cvi_hamt_node *root)
 {
     atomic_store_explicit(&ctx->root, root, memory_order_relaxed);
-    /* Release: a reader that sees the update end sees all of it. */
+    /* Release, both: a reader that sees the update end sees all of it, and
+     * so does a fork() that sees the thread's flag drop. */
     atomic_store_explicit(&ctx->writing_in_place, false, memory_order_release);
+    atomic_store_explicit(&cvi_thread_state.updating_in_place, false, memory_order_release);
 }
 
 /* Replaces the owner's root with `new_root` (whose reference moves in) and

@@ -100,11 +100,11 @@ static void on_thread_exit(void *arg)
     lookup->cache = NULL;
     lookup->cache_len = 0;
     cvi_thread_view_changed();
-    /* Zero: a thread that exits from inside a bracketed update (a release
-     * hook calling pthread_exit) has abandoned it, and fork(),
+    /* Cleared: a thread that exits from inside an update in place (a
+     * release hook calling pthread_exit) has abandoned it, and fork(),
      * which holds the registry while it waits, must not wait for it.
-     * Release: as in cvi_op_end. */
-    atomic_store_explicit(&thread->op_depth, 0, memory_order_release);
+     * Release: as in cvi_context_end_write. */
+    atomic_store_explicit(&thread->updating_in_place, false, memory_order_release);
     unregister_thread(thread);
     thread->exit_hook_armed = false;
 }
@@ -221,52 +221,31 @@ int cv_thread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*star
 
 /* ------------------------------------------------------------------- fork */
 
-/* fork() copies each page of the parent at a different moment while the
- * other threads run on, so an update in place under way in another thread
- * would reach the child half done: a torn map, and a writing flag that
- * nobody will clear. So new updates wait, and those under way finish,
- * before the fork (thread.h, cvi_op_begin). This comes first: an update
- * may take the locks below (a dropped variable takes the slot lock). */
-static void quiesce_operations(void)
+/* Updates in place stop (owners copy paths meanwhile) and those under way
+ * finish before the fork: context.h, cvi_context_begin_write. This comes
+ * first: an update may take the locks below (a dropped variable takes the
+ * slot lock). */
+static void quiesce_updates_in_place(void)
 {
     pthread_mutex_lock(&registry_lock);
-    /* Relaxed: the fence below orders it before our loads of the depths. */
+    /* Relaxed: the fence below orders it before our loads of the flags. */
     atomic_store_explicit(&cvi_fork_pending, true, memory_order_relaxed);
     cvi_fence_rare();
     struct cvi_thread *self = &cvi_thread_state;
     for (struct cvi_thread *thread = registry; thread; thread = thread->registry_next)
-        /* Acquire: pairs with cvi_op_end, so the operation is whole in the
-         * child. A fork() from inside an operation (a release hook) does
-         * not wait for itself. */
-        while (thread != self && atomic_load_explicit(&thread->op_depth, memory_order_acquire))
+        /* Acquire: pairs with end_write, so the update is whole in the
+         * child. A fork() from inside an update (a release hook) does not
+         * wait for itself. */
+        while (thread != self &&
+               atomic_load_explicit(&thread->updating_in_place, memory_order_acquire))
             sched_yield();
 }
 
-static void resume_operations(void)
+static void resume_updates_in_place(void)
 {
-    /* Relaxed: waiting threads only poll it; the unlock orders the rest. */
+    /* Relaxed: the registry unlock publishes it to the next fork. */
     atomic_store_explicit(&cvi_fork_pending, false, memory_order_relaxed);
     pthread_mutex_unlock(&registry_lock);
-}
-
-void cvi_op_admit(struct cvi_thread *thread)
-{
-    for (;;) {
-        /* Step out while we register or wait, so fork() does not wait for
-         * us. Relaxed: nothing of ours is under way yet. */
-        atomic_store_explicit(&thread->op_depth, 0, memory_order_relaxed);
-        /* A thread whose exit hook cannot be armed (pthread_setspecific out
-         * of memory) stays unregistered: fork() cannot wait for it, so it
-         * never updates maps in place, which limits what it can tear. */
-        if (!thread->registered)
-            arm_exit_hook(thread);
-        while (atomic_load_explicit(&cvi_fork_pending, memory_order_relaxed))
-            sched_yield();
-        atomic_store_explicit(&thread->op_depth, 1, memory_order_relaxed);
-        cvi_fence_hot();
-        if (!atomic_load_explicit(&cvi_fork_pending, memory_order_relaxed))
-            return;
-    }
 }
 
 /* Lock order: updates in place are drained, the RCU worker is paused (its
@@ -274,7 +253,7 @@ void cvi_op_admit(struct cvi_thread *thread)
  * reverse. */
 static void before_fork(void)
 {
-    quiesce_operations();
+    quiesce_updates_in_place();
     cvi_reclaim_before_fork();
     cvi_var_before_fork();
 }
@@ -283,7 +262,7 @@ static void after_fork_parent(void)
 {
     cvi_var_after_fork();
     cvi_reclaim_after_fork_parent();
-    resume_operations();
+    resume_updates_in_place();
 }
 
 static void after_fork_child(void)
@@ -295,7 +274,7 @@ static void after_fork_child(void)
     registry = self->registered ? self : NULL;
     if (registry)
         self->registry_prev = self->registry_next = NULL;
-    resume_operations();
+    resume_updates_in_place();
 }
 
 __attribute__((constructor)) static void register_fork_handlers(void)

@@ -5,8 +5,6 @@
 #ifndef CV_THREAD_H
 #define CV_THREAD_H
 
-#include "reclaim.h"
-
 #include <ctxvars.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -23,9 +21,10 @@ struct cvi_thread {
     uint32_t run_floor; /* exit may only pop entries above this index */
     uint64_t next_context_id, context_id_end;
     bool exit_hook_armed;
-    /* Depth of cvi_op_begin brackets under way on this thread: fork()
-     * waits until every registered thread is outside one (thread.c). */
-    atomic_uint op_depth;
+    /* Set while the thread updates a map in place: fork() waits until no
+     * registered thread has it set (thread.c). Only registered threads
+     * update in place. */
+    atomic_bool updating_in_place;
     bool registered;
     struct cvi_thread *registry_prev, *registry_next;
     cv_context_t *inline_stack[CVI_INLINE_STACK];
@@ -51,43 +50,8 @@ static inline bool cvi_stack_borrowed(cv_context_t *entry)
  * troubleshooting). */
 extern __thread struct cvi_thread cvi_thread_state __attribute__((tls_model("initial-exec")));
 
-/* Raised while a fork() is under way: no bracketed operation starts then. */
+/* Raised while a fork() is under way: no update in place starts then. */
 extern atomic_bool cvi_fork_pending;
-
-/* The slow path of cvi_op_begin: registers the thread, or waits out a
- * fork(). */
-void cvi_op_admit(struct cvi_thread *thread);
-
-/* Brackets an operation that fork() must not snapshot half done: an
- * update in place, which would leave the child a torn map and a writing
- * flag nobody clears. (Everything else the library does to shared memory
- * is single atomic steps, or frees and path copies that, caught halfway,
- * only leak in the child.) The thread stores its depth, fences and loads
- * cvi_fork_pending; fork() stores that, fences and loads every depth
- * (Dekker, with reclaim.h's asymmetric fences: here a compiler barrier).
- * Nests. */
-static inline void cvi_op_begin(void)
-{
-    struct cvi_thread *thread = &cvi_thread_state;
-    /* Relaxed: only this thread writes its depth. */
-    unsigned depth = atomic_load_explicit(&thread->op_depth, memory_order_relaxed);
-    atomic_store_explicit(&thread->op_depth, depth + 1, memory_order_relaxed);
-    if (depth)
-        return;
-    cvi_fence_hot();
-    /* Relaxed: ordered by the fence above. */
-    if (atomic_load_explicit(&cvi_fork_pending, memory_order_relaxed) || !thread->registered)
-        cvi_op_admit(thread);
-}
-
-static inline void cvi_op_end(void)
-{
-    struct cvi_thread *thread = &cvi_thread_state;
-    unsigned depth = atomic_load_explicit(&thread->op_depth, memory_order_relaxed);
-    /* Release: the operation's writes are complete for a fork() that sees
-     * the depth drop to zero. */
-    atomic_store_explicit(&thread->op_depth, depth - 1, memory_order_release);
-}
 
 /* The calling thread's view changed: every cached lookup is stale. */
 static inline void cvi_thread_view_changed(void)

@@ -321,17 +321,12 @@ static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, v
 {
     cvi_hamt_node *root = cvi_context_owned_root(ctx);
     bool ok;
-    /* Only an update in place can be torn by a fork (thread.h); a path copy
-     * caught halfway only leaks in the child. */
-    cvi_op_begin();
     if (cvi_context_begin_write(ctx)) {
         ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, &cvi_var_entry_ops)
                     : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, &cvi_var_entry_ops,
                                               old_value, had_old);
         cvi_context_end_write(ctx, root);
-        cvi_op_end();
     } else {
-        cvi_op_end();
         cvi_hamt_node *new_root;
         ok = remove ? cvi_hamt_without(root, var, var->head.hash, &cvi_var_entry_ops, &new_root)
                     : cvi_hamt_assoc(root, var, var->head.hash, value, &cvi_var_entry_ops,
