@@ -66,8 +66,8 @@ static inline bool cvi_foreign_readers_about(uint64_t foreign)
 void cvi_context_note_foreign(cv_context_t *ctx, uint64_t foreign);
 
 /* Brackets an update in place by the owner. begin returns false, and the
- * owner must copy paths instead, while foreign readers are about or a
- * fork() is under way; end stores the (possibly new) root.
+ * owner must copy paths instead, while foreign readers are about; it waits
+ * out a fork() under way. end stores the (possibly new) root.
  *
  * fork() copies the parent's pages at different moments while other
  * threads run on, so an update in place caught halfway would leave the
@@ -82,14 +82,16 @@ static inline bool cvi_context_begin_write(cv_context_t *ctx)
     /* A thread that fork() cannot wait for never updates in place. */
     if (!thread->registered)
         return false;
-    /* Relaxed, this store and the next: each fence below orders its store
-     * before the load that follows it. */
+    /* Relaxed, this store and the context's below: each fence orders its
+     * store before the load that follows it. */
     atomic_store_explicit(&thread->updating_in_place, true, memory_order_relaxed);
     cvi_fence_hot();
     /* Relaxed: ordered by the fence above. */
-    if (atomic_load_explicit(&cvi_fork_pending, memory_order_relaxed)) {
+    while (atomic_load_explicit(&cvi_fork_pending, memory_order_relaxed)) {
         atomic_store_explicit(&thread->updating_in_place, false, memory_order_relaxed);
-        return false;
+        cvi_wait_for_fork();
+        atomic_store_explicit(&thread->updating_in_place, true, memory_order_relaxed);
+        cvi_fence_hot();
     }
     atomic_store_explicit(&ctx->writing_in_place, true, memory_order_relaxed);
     cvi_fence_hot();

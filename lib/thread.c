@@ -221,10 +221,9 @@ int cv_thread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*star
 
 /* ------------------------------------------------------------------- fork */
 
-/* Updates in place stop (owners copy paths meanwhile) and those under way
- * finish before the fork: context.h, cvi_context_begin_write. This comes
- * first: an update may take the locks below (a dropped variable takes the
- * slot lock). */
+/* New updates in place wait, and those under way finish, before the fork
+ * (context.h, cvi_context_begin_write). This comes first: an update may
+ * take the locks below (a dropped variable takes the slot lock). */
 static void quiesce_updates_in_place(void)
 {
     pthread_mutex_lock(&registry_lock);
@@ -239,6 +238,13 @@ static void quiesce_updates_in_place(void)
         while (thread != self &&
                atomic_load_explicit(&thread->updating_in_place, memory_order_acquire))
             sched_yield();
+}
+
+void cvi_wait_for_fork(void)
+{
+    /* Relaxed: begin_write fences before it looks again. */
+    while (atomic_load_explicit(&cvi_fork_pending, memory_order_relaxed))
+        sched_yield();
 }
 
 static void resume_updates_in_place(void)

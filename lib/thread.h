@@ -53,6 +53,9 @@ extern __thread struct cvi_thread cvi_thread_state __attribute__((tls_model("ini
 /* Raised while a fork() is under way: no update in place starts then. */
 extern atomic_bool cvi_fork_pending;
 
+/* Returns once the fork() under way is done. */
+void cvi_wait_for_fork(void);
+
 /* The calling thread's view changed: every cached lookup is stale. */
 static inline void cvi_thread_view_changed(void)
 {
