@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "tracked_values.h"
+#include "values.h"
 
 #include <ctxvars.h>
 
@@ -27,7 +27,7 @@
 #include <string.h>
 
 static char value_a[] = "a", value_b[] = "b", value_c[] = "c";
-static char fallback[] = "fallback", sentinel[] = "sentinel";
+static char fallback[] = "fallback";
 
 /* ------------------------------------------------------------ allocator */
 
@@ -118,17 +118,6 @@ static void snapshot_check(struct snapshot *s)
     assert_true(cv_context_equal(s->current, s->copy));
     cv_context_release(s->copy);
     s->copy = NULL;
-}
-
-static void *current_value(cv_var_t *var)
-{
-    void *out = sentinel;
-    cv_status_t status = cv_get(var, &out);
-    if (status == CV_ENOVALUE)
-        assert_ptr_equal(out, sentinel);
-    else
-        assert_int_equal(status, CV_OK);
-    return status == CV_OK ? out : sentinel;
 }
 
 static void mark_called(void *arg)

@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "tracked_values.h"
+#include "values.h"
 
 #include <ctxvars.h>
 
@@ -42,7 +42,7 @@ static cv_var_t *var_with_default(const char *name, void *default_value)
 }
 
 static char value_a[] = "a", value_b[] = "b", value_c[] = "c", value_d[] = "d";
-static char fallback[] = "fallback", sentinel[] = "sentinel";
+static char fallback[] = "fallback";
 
 /* A run body that sets one variable, and reports what it saw first. */
 struct set_job {
@@ -74,22 +74,7 @@ static void *context_value(cv_context_t *ctx, cv_var_t *var)
 {
     void *out = sentinel;
     cv_status_t status = cv_context_get(ctx, var, &out);
-    if (status == CV_ENOVALUE)
-        assert_ptr_equal(out, sentinel);
-    else
-        assert_int_equal(status, CV_OK);
-    return status == CV_OK ? out : sentinel;
-}
-
-static void *current_value(cv_var_t *var)
-{
-    void *out = sentinel;
-    cv_status_t status = cv_get(var, &out);
-    if (status == CV_ENOVALUE)
-        assert_ptr_equal(out, sentinel);
-    else
-        assert_int_equal(status, CV_OK);
-    return status == CV_OK ? out : sentinel;
+    return read_result(status, out);
 }
 
 /* ----------------------------------------------------------- variables */

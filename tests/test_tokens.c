@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "tracked_values.h"
+#include "values.h"
 
 #include <ctxvars.h>
 
@@ -20,22 +20,10 @@
 #include <string.h>
 
 static char value_a[] = "a", value_b[] = "b", value_c[] = "c", value_d[] = "d";
-static char sentinel[] = "sentinel";
 
 static cv_var_t *tracked_var(const char *name)
 {
     return cv_var_new(name, &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
-}
-
-static void *current_value(cv_var_t *var)
-{
-    void *out = sentinel;
-    cv_status_t status = cv_get(var, &out);
-    if (status == CV_ENOVALUE)
-        assert_ptr_equal(out, sentinel);
-    else
-        assert_int_equal(status, CV_OK);
-    return status == CV_OK ? out : sentinel;
 }
 
 /* A fresh context entered for the test, so that no test sees another's

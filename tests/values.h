@@ -1,12 +1,38 @@
 /*
- * Values that count the references the library takes and drops through a
- * variable's retain/release hooks. Hooks may run on the reclamation
- * thread: everything they touch is atomic.
+ * Values for the suites: reads that check their status, and values that
+ * count the references the library takes and drops through a variable's
+ * retain/release hooks. Include after <cmocka.h>.
  */
-#ifndef CV_TESTS_TRACKED_VALUES_H
-#define CV_TESTS_TRACKED_VALUES_H
+#ifndef CV_TESTS_VALUES_H
+#define CV_TESTS_VALUES_H
 
+#include <ctxvars.h>
 #include <stdatomic.h>
+
+/* What a read finds where there is no value, if it leaves *out alone. */
+static char sentinel[] = "sentinel";
+
+/* The value a read found, or `sentinel` where there was none, in which
+ * case the read must have left *out untouched. */
+static inline void *read_result(cv_status_t status, void *out)
+{
+    if (status == CV_ENOVALUE)
+        assert_ptr_equal(out, sentinel);
+    else
+        assert_int_equal(status, CV_OK);
+    return status == CV_OK ? out : sentinel;
+}
+
+/* The variable's value in the current context, defaults included. */
+static inline void *current_value(cv_var_t *var)
+{
+    void *out = sentinel;
+    cv_status_t status = cv_get(var, &out);
+    return read_result(status, out);
+}
+
+/* Hooks may run on the reclamation thread: everything they touch is
+ * atomic. */
 
 /* `live` is retains minus releases. */
 struct tracked {
