@@ -7,14 +7,14 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/tools/install-deps.sh" cmake make gcc g++ clang pkg-config liburcu-dev libcmocka-dev \
-  libclang-rt-14-dev
+  libclang-rt-14-dev libuv1-dev
 builds=("$@")
 [ ${#builds[@]} -eq 0 ] && builds=(normal address thread)
 for build in "${builds[@]}"; do
   case "$build" in
     normal) dir=build-test; flags=(-DCMAKE_BUILD_TYPE=Debug) ;;
-    address) dir=build-asan; flags=(-DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DCV_SANITIZE=address) ;;
-    thread) dir=build-tsan; flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DCV_SANITIZE=thread) ;;
+    address) dir=build-asan; flags=(-DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCV_SANITIZE=address) ;;
+    thread) dir=build-tsan; flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCV_SANITIZE=thread) ;;
     *) echo "unknown build '$build' (normal, address, thread)" >&2; exit 2 ;;
   esac
   echo "=== $build build ($dir)"

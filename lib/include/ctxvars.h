@@ -36,7 +36,7 @@ extern "C" {
 #endif
 
 #define CV_VERSION_MAJOR 0
-#define CV_VERSION_MINOR 1
+#define CV_VERSION_MINOR 2
 #define CV_VERSION_PATCH 0
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -77,6 +77,25 @@ typedef struct cv_token {
     uint32_t cv_private_flags;
 } cv_token_t;
 
+/* Why the value of a variable visible to a thread changed. */
+typedef enum cv_change_cause {
+    CV_CHANGE_SET,    /* cv_set on this thread */
+    CV_CHANGE_RESET,  /* cv_reset on this thread */
+    CV_CHANGE_SWITCH, /* an enter or exit (cv_context_run included) */
+} cv_change_cause_t;
+
+/* One change, as a variable's change handler sees it. had_old / has_new
+ * tell whether the context held a value for the variable before / after
+ * (false: cv_get would fall back to the default). */
+typedef struct cv_change {
+    cv_var_t *var;
+    cv_change_cause_t cause;
+    bool had_old, has_new;
+    void *old_value, *new_value;
+} cv_change_t;
+
+typedef void (*cv_change_handler_t)(const cv_change_t *change, void *data);
+
 typedef struct cv_var_opts {
     void *default_value;
     bool has_default;
@@ -88,6 +107,22 @@ typedef struct cv_var_opts {
      * for the default value, which the caller keeps alive. */
     void (*retain)(void *value);
     void (*release)(void *value);
+    /* Optional change handler (.NET's AsyncLocal handler, folly's
+     * onSet/onUnset): on_change(change, on_change_data) is called on a
+     * thread whenever the value that thread sees changes, by a set or reset
+     * there or by a context switch, after the change (cv_get inside the
+     * handler sees the new value). Nothing is called when presence and
+     * value are the same before and after, so a set of the value already
+     * held and a switch between contexts that agree on the variable call
+     * nothing. A switch costs nothing extra per variable without a handler,
+     * and two lookups per variable with one. The old and new values of a
+     * variable with retain/release hooks are held for the call. The handler
+     * may read (cv_get, the mapping API, copies) but not switch or write:
+     * cv_set, cv_reset, enter, exit and run return CV_EBUSY inside it. Once
+     * cv_var_release has returned, the handler is never called again and no
+     * call of it is under way on another thread. */
+    cv_change_handler_t on_change;
+    void *on_change_data;
 } cv_var_opts_t;
 
 /* A new variable named `name` (copied). `opts` may be NULL: no default, no
@@ -215,10 +250,88 @@ CV_EXPORT void cv_context_iter_init(cv_context_iter_t *it, cv_context_t *ctx);
 CV_EXPORT bool cv_context_iter_next(cv_context_iter_t *it, cv_var_t **var, void **value);
 CV_EXPORT void cv_context_iter_fini(cv_context_iter_t *it);
 
+/* ------------------------------------------------------- switch watchers */
+
+typedef enum cv_switch_event {
+    CV_SWITCH_ENTER, /* `to` was entered on top of `from` */
+    CV_SWITCH_EXIT,  /* `from` was exited, back to `to` */
+} cv_switch_event_t;
+
+typedef void (*cv_switch_watcher_t)(cv_switch_event_t event, cv_context_t *from,
+                                    cv_context_t *to, void *data);
+
+/* At most this many watchers are registered at once. */
+#define CV_MAX_WATCHERS 8
+
+/* Registers `watcher` (CPython's PyContext_AddWatcher, folly's
+ * addSetContextWatcher): on every context switch of any thread (enter,
+ * exit, and the two switches of cv_context_run) it is called on that
+ * thread, after the switch, as watcher(event, from, to, data); `from` and
+ * `to` are borrowed for the call. Watchers run in registration slot order,
+ * before change handlers; like handlers they may read but not switch or
+ * write (CV_EBUSY). A thread's first (base) context and its cleanup at
+ * exit are not switches. Writes the watcher's id to *id. CV_EINVAL if
+ * `watcher` or `id` is NULL; CV_EBUSY if CV_MAX_WATCHERS are registered.
+ * With no watcher registered a switch pays one load of a shared,
+ * read-mostly word. */
+CV_EXPORT cv_status_t cv_watcher_add(cv_switch_watcher_t watcher, void *data, int *id);
+
+/* Unregisters watcher `id`. When it returns, no call of the watcher is
+ * under way on another thread, and none starts (from inside a callback on
+ * the calling thread, the calling thread's own call is left to finish).
+ * CV_EINVAL if `id` is not registered. Takes microseconds to milliseconds:
+ * not for hot paths. */
+CV_EXPORT cv_status_t cv_watcher_remove(int id);
+
+/* ------------------------------------------------------ flow and tasks */
+
+/* Flow suppression (.NET's ExecutionContext.SuppressFlow): while the
+ * calling thread has flow suppressed, what it hands to other work carries
+ * none of its values: cv_capture_context, cv_task_init and
+ * cv_thread_create give a new, empty context instead of a copy of the
+ * current one. cv_copy_context is not affected (it is Python's
+ * copy_context). Suppression nests, is per thread, and does not follow the
+ * thread's context switches. cv_flow_restore: CV_EINVAL if flow is not
+ * suppressed. */
+CV_EXPORT void cv_flow_suppress(void);
+CV_EXPORT cv_status_t cv_flow_restore(void);
+CV_EXPORT bool cv_flow_is_suppressed(void);
+
+/* The context to hand to work that starts elsewhere: a copy of the current
+ * context (O(1)), or a new empty one while flow is suppressed on this
+ * thread. NULL if memory is short. */
+CV_EXPORT cv_context_t *cv_capture_context(void);
+
+/* Executor integration: a task captured at submit, run at execute, in any
+ * thread pool. The struct is caller-owned (embed it in the pool's own task
+ * record); a zero-initialised task is empty. */
+typedef struct cv_task {
+    void (*cv_private_fn)(void *arg);
+    void *cv_private_arg;
+    cv_context_t *cv_private_context;
+} cv_task_t;
+
+/* Fills `task` with fn, arg and cv_capture_context(). CV_EINVAL if `task`
+ * or `fn` is NULL, CV_ENOMEM if the capture fails (the task is left
+ * empty). Costs one copy: an allocation and an atomic increment. */
+CV_EXPORT cv_status_t cv_task_init(cv_task_t *task, void (*fn)(void *arg), void *arg);
+
+/* Runs fn(arg) in the captured context on the calling thread (any thread),
+ * then drops the context and empties the task: a task runs once. Returns
+ * what cv_context_run returns (CV_ENOTCURRENT if fn left contexts
+ * entered); CV_EINVAL for NULL or an empty task; CV_EBUSY inside a watcher
+ * or change handler (the task is kept). */
+CV_EXPORT cv_status_t cv_task_run(cv_task_t *task);
+
+/* Drops a task that will not run: releases its context and empties it.
+ * NULL and empty tasks are a no-op. */
+CV_EXPORT void cv_task_discard(cv_task_t *task);
+
 /* --------------------------------------------------------------- threads */
 
 /* pthread_create, with the new thread starting in a copy of the caller's
- * current context (its base context). Returns 0 or an error number
+ * current context (its base context); in an empty one while the caller has
+ * flow suppressed. Returns 0 or an error number
  * (ENOMEM if the copy cannot be made, EINVAL for NULL thread or start). */
 CV_EXPORT int cv_thread_create(pthread_t *thread, const pthread_attr_t *attr,
                                void *(*start)(void *), void *arg);

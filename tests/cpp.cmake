@@ -1,0 +1,1 @@
+# The C++ header (ctxvars.hpp) and its suite.

@@ -1,0 +1,1 @@
+# The example programs under tools/examples, built, run and checked.

@@ -1,0 +1,1 @@
+# Watchers, change handlers, flow suppression and tasks.

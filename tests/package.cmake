@@ -1,0 +1,1 @@
+# The installed package: exported symbols, soname, consumers through find_package and pkg-config.
