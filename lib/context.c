@@ -61,6 +61,7 @@
 #include "context.h"
 
 #include "alloc.h"
+#include "callbacks.h"
 #include "reclaim.h"
 #include "var.h"
 
@@ -379,6 +380,8 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
 {
     if (!ctx)
         return CV_EINVAL;
+    if (cvi_in_callbacks())
+        return CV_EBUSY;
     struct cvi_thread *thread = cvi_thread_ready();
     if (!thread)
         return CV_ENOMEM;
@@ -392,6 +395,8 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
         cv_context_retain(ctx);
     cvi_context_claimed(ctx);
     cvi_thread_view_changed();
+    cvi_switch_notify(thread, CV_SWITCH_ENTER, cvi_stack_context(thread->stack[thread->depth - 2]),
+                      ctx);
     return CV_OK;
 }
 
@@ -406,6 +411,8 @@ static void pop(struct cvi_thread *thread)
 {
     cv_context_t *top = thread->stack[--thread->depth];
     cvi_thread_view_changed();
+    /* Before the context is given up: callbacks read both maps as owned. */
+    cvi_switch_notify(thread, CV_SWITCH_EXIT, cvi_stack_context(top), cvi_thread_current(thread));
     if (cvi_stack_borrowed(top))
         cvi_context_disown(cvi_stack_context(top));
     else
@@ -421,6 +428,8 @@ cv_status_t cv_context_exit(cv_context_t *ctx)
      * floor: only what the caller entered itself can be exited. */
     if (thread->depth <= thread->run_floor + 1 || cvi_thread_current(thread) != ctx)
         return CV_ENOTCURRENT;
+    if (cvi_in_callbacks())
+        return CV_EBUSY;
     pop(thread);
     return CV_OK;
 }

@@ -10,6 +10,7 @@
 #include "thread.h"
 
 #include "alloc.h"
+#include "callbacks.h"
 #include "context.h"
 #include "reclaim.h"
 #include "var.h"
@@ -81,6 +82,7 @@ uint64_t cvi_thread_next_context_id(void)
 static void on_thread_exit(void *arg)
 {
     struct cvi_thread *thread = arg;
+    cvi_callbacks_thread_exit(thread);
     /* Entries lent by runs that the thread never returned from (it exited
      * inside fn) are only disowned: their reference is the caller's. */
     while (thread->depth) {
@@ -205,7 +207,7 @@ int cv_thread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*star
     if (!thread || !start)
         return EINVAL;
     struct thread_start *boot = cvi_alloc(sizeof(*boot));
-    cv_context_t *inherited = boot ? cv_copy_context() : NULL;
+    cv_context_t *inherited = boot ? cv_capture_context() : NULL;
     if (!inherited) {
         cvi_free(boot, sizeof(*boot));
         return ENOMEM;
@@ -238,6 +240,24 @@ static void quiesce_updates_in_place(void)
         while (thread != self &&
                atomic_load_explicit(&thread->updating_in_place, memory_order_acquire))
             sched_yield();
+}
+
+void cvi_thread_wait_callbacks(void)
+{
+    struct cvi_thread *self = &cvi_thread_state;
+    pthread_mutex_lock(&registry_lock);
+    for (struct cvi_thread *thread = registry; thread; thread = thread->registry_next) {
+        if (thread == self)
+            continue;
+        /* Acquire: pairs with the release that ends a run of callbacks, so
+         * the calls happen before what the caller frees next. */
+        unsigned seq = atomic_load_explicit(&thread->callbacks_seq, memory_order_acquire);
+        if (!(seq & 1))
+            continue;
+        while (atomic_load_explicit(&thread->callbacks_seq, memory_order_acquire) == seq)
+            sched_yield();
+    }
+    pthread_mutex_unlock(&registry_lock);
 }
 
 void cvi_wait_for_fork(void)

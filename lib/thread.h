@@ -26,6 +26,12 @@ struct cvi_thread {
      * update in place. */
     atomic_bool updating_in_place;
     bool registered;
+    /* Odd while the thread runs watchers or change handlers: whoever
+     * unregisters one waits until it has moved on (callbacks.c), and the
+     * thread may not switch or write meanwhile. */
+    atomic_uint callbacks_seq;
+    void *callbacks_garbage; /* what its own callbacks unregistered */
+    uint32_t flow_suppressed; /* nesting depth of cv_flow_suppress */
     struct cvi_thread *registry_prev, *registry_next;
     cv_context_t *inline_stack[CVI_INLINE_STACK];
 };
@@ -78,5 +84,9 @@ bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, bool borrowed
 /* A process-unique context id; never reused, so a token cannot mistake a
  * new context at a reused address for its own. */
 uint64_t cvi_thread_next_context_id(void);
+
+/* Returns once every other registered thread that was running callbacks
+ * (an odd callbacks_seq) has finished that run. */
+void cvi_thread_wait_callbacks(void);
 
 #endif

@@ -18,6 +18,7 @@
 #include "var.h"
 
 #include "alloc.h"
+#include "callbacks.h"
 #include "context.h"
 #include "testing.h"
 #include "thread.h"
@@ -134,9 +135,15 @@ cv_var_t *cv_var_new(const char *name, const cv_var_opts_t *opts)
         var->has_default = opts->has_default;
         var->retain = opts->retain;
         var->release = opts->release;
+        var->on_change = opts->on_change;
+        var->on_change_data = opts->on_change_data;
     }
     var->head.hash = variable_hash(var);
     atomic_init(&var->refs, 1);
+    if (var->on_change && !cvi_handler_register(var)) {
+        cvi_var_unref(var);
+        return NULL;
+    }
     return var;
 }
 
@@ -159,8 +166,11 @@ void cvi_var_unref(cv_var_t *var)
 
 void cv_var_release(cv_var_t *var)
 {
-    if (var)
-        cvi_var_unref(var);
+    if (!var)
+        return;
+    if (var->on_change)
+        cvi_handler_unregister(var);
+    cvi_var_unref(var);
 }
 
 const char *cv_var_name(const cv_var_t *var)
@@ -345,6 +355,10 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
         token_clear(token);
         return CV_EINVAL;
     }
+    if (cvi_in_callbacks()) {
+        token_clear(token);
+        return CV_EBUSY;
+    }
     struct cvi_thread *thread = cvi_thread_ready();
     cv_context_t *ctx = thread ? cvi_thread_current(thread) : NULL;
     if (!ctx) {
@@ -353,7 +367,9 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
     }
     void *old_value = NULL;
     bool had_old = false;
-    bool holds = token && has_hooks(var);
+    /* The token, and the change handler's call, need the old value alive
+     * after the map has dropped it. */
+    bool holds = (token || var->on_change) && has_hooks(var);
     if (holds) {
         had_old = cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, &old_value);
         token_hold(var, had_old, old_value);
@@ -364,6 +380,13 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
         token_clear(token);
         return CV_ENOMEM;
     }
+    cache_store(var, value); /* a get right after a set still hits */
+    if (var->on_change)
+        cvi_change_notify(var, CV_CHANGE_SET, had_old, old_value, true, value);
+    if (holds && !token) {
+        token_unhold(var, had_old, old_value);
+        return CV_OK;
+    }
     if (token)
         *token = (cv_token_t){
             .cv_private_var = var,
@@ -373,7 +396,6 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
             .cv_private_flags =
                 TOKEN_LIVE | (had_old ? TOKEN_HAS_OLD : 0) | (holds ? TOKEN_HOLDS : 0),
         };
-    cache_store(var, value); /* a get right after a set still hits */
     return CV_OK;
 }
 
@@ -389,14 +411,30 @@ cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
     cv_context_t *ctx = cvi_thread_current(&cvi_thread_state);
     if (!ctx || ctx->id != token->cv_private_context_id)
         return CV_ETOKEN_CONTEXT;
+    if (cvi_in_callbacks())
+        return CV_EBUSY;
 
     bool restore = flags & TOKEN_HAS_OLD;
-    void *old_value = token->cv_private_old_value, *replaced;
-    bool had_value;
-    if (!update(ctx, var, !restore, old_value, &replaced, &had_value))
+    void *old_value = token->cv_private_old_value, *replaced = NULL;
+    bool had_value = false;
+    /* The handler's call needs the replaced value, alive after the map has
+     * dropped it. */
+    bool holds = var->on_change && has_hooks(var);
+    if (var->on_change)
+        had_value = cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, &replaced);
+    if (holds)
+        token_hold(var, had_value, replaced);
+    if (!update(ctx, var, !restore, old_value, &replaced, &had_value)) {
+        if (holds)
+            token_unhold(var, had_value, replaced);
         return CV_ENOMEM;
+    }
     if (restore)
         cache_store(var, old_value);
+    if (var->on_change)
+        cvi_change_notify(var, CV_CHANGE_RESET, had_value, replaced, restore, old_value);
+    if (holds)
+        token_unhold(var, had_value, replaced);
     token_spend(token);
     return CV_OK;
 }

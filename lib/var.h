@@ -25,6 +25,10 @@ struct cv_var {
     bool has_default;
     void (*retain)(void *value);
     void (*release)(void *value);
+    cv_change_handler_t on_change;
+    void *on_change_data;
+    /* Cleared by cv_var_release: its handler is not called after that. */
+    atomic_bool handler_registered;
     char *name;
     size_t name_size;
     void *allocation; /* where the cache-line-aligned struct was carved from */

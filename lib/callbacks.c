@@ -1,0 +1,293 @@
+/*
+ * Switch watchers and change handlers.
+ *
+ * Registrations change rarely and switches happen all the time, so the
+ * switch path takes no lock and, with nothing registered, only loads one
+ * read-mostly word. Watchers sit in a fixed array of slots; variables with
+ * handlers in an immutable array that registrations replace (copy on
+ * write).
+ *
+ * Unregistering must guarantee that no call is under way afterwards: the
+ * caller frees the watcher's data, or the handler's variable goes away.
+ * RCU cannot cover it, because callbacks are user code that may release
+ * contexts, and retiring inside a read-side section is forbidden (and
+ * would deadlock under back-pressure). Instead each thread makes its
+ * callbacks_seq odd while it runs callbacks, fences, and only then loads
+ * the registrations; an unregisterer first withdraws the registration,
+ * fences, and waits for every thread whose count is odd to move on (a
+ * Dekker handshake with the asymmetric fences of reclaim.h: the switch
+ * side's fence is free). A thread that unregisters from inside its own
+ * callback cannot wait for itself: what it withdrew is kept on its garbage
+ * list until its callbacks return.
+ */
+#include "callbacks.h"
+
+#include "alloc.h"
+#include "context.h"
+#include "reclaim.h"
+#include "var.h"
+
+#include <pthread.h>
+#include <string.h>
+
+atomic_uint cvi_callbacks_active;
+
+static pthread_mutex_t registration_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct watcher_slot {
+    _Atomic(cv_switch_watcher_t) watcher;
+    _Atomic(void *) data;
+};
+static struct watcher_slot watchers[CV_MAX_WATCHERS];
+
+/* The variables with handlers, registered or not yet dropped: each set
+ * holds a reference to every variable in it. Unregistering clears the
+ * variable's flag, which the calls check, and then builds a set without
+ * it; if memory is short for that, the variable stays in the set, skipped,
+ * until the next set is built. */
+struct handler_set {
+    struct handler_set *next_garbage;
+    size_t count;
+    cv_var_t *vars[];
+};
+static _Atomic(struct handler_set *) handlers;
+
+static size_t handler_set_size(size_t count)
+{
+    return sizeof(struct handler_set) + count * sizeof(cv_var_t *);
+}
+
+static void handler_set_free(struct handler_set *set)
+{
+    if (!set)
+        return;
+    for (size_t i = 0; i < set->count; i++)
+        cvi_var_unref(set->vars[i]);
+    cvi_free(set, handler_set_size(set->count));
+}
+
+/* Relaxed: read after begin_callbacks' fence, written under the lock
+ * before wait_for_callers' fence (the Dekker handshake above). */
+static bool handler_live(const cv_var_t *var)
+{
+    return atomic_load_explicit(&var->handler_registered, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------- the calls */
+
+static void begin_callbacks(struct cvi_thread *thread)
+{
+    /* Relaxed: only this thread writes it; the fence orders the store
+     * before the loads of the registrations (Dekker with withdraw()). */
+    unsigned seq = atomic_load_explicit(&thread->callbacks_seq, memory_order_relaxed);
+    atomic_store_explicit(&thread->callbacks_seq, seq + 1, memory_order_relaxed);
+    cvi_fence_hot();
+}
+
+static void end_callbacks(struct cvi_thread *thread)
+{
+    unsigned seq = atomic_load_explicit(&thread->callbacks_seq, memory_order_relaxed);
+    /* Release: the calls happen before an unregisterer that waited for
+     * this store frees what they used. */
+    atomic_store_explicit(&thread->callbacks_seq, seq + 1, memory_order_release);
+    struct handler_set *garbage = thread->callbacks_garbage;
+    thread->callbacks_garbage = NULL;
+    while (garbage) {
+        struct handler_set *next = garbage->next_garbage;
+        handler_set_free(garbage);
+        garbage = next;
+    }
+}
+
+static void call_handler(cv_var_t *var, cv_change_cause_t cause, bool had_old, void *old_value,
+                         bool has_new, void *new_value)
+{
+    if (had_old == has_new && (!had_old || old_value == new_value))
+        return;
+    cv_change_t change = {var, cause, had_old, has_new, old_value, new_value};
+    var->on_change(&change, var->on_change_data);
+}
+
+/* Both contexts are owned by the calling thread and cannot change during
+ * the calls (callbacks may not write), so their roots are read directly. */
+static void diff_handlers(cv_context_t *from, cv_context_t *to)
+{
+    cvi_hamt_node *from_root = cvi_context_owned_root(from);
+    cvi_hamt_node *to_root = cvi_context_owned_root(to);
+    if (from_root == to_root)
+        return;
+    /* Acquire: the set's contents were written before it was published. */
+    struct handler_set *set = atomic_load_explicit(&handlers, memory_order_acquire);
+    for (size_t i = 0; set && i < set->count; i++) {
+        cv_var_t *var = set->vars[i];
+        if (!handler_live(var))
+            continue;
+        void *old_value = NULL, *new_value = NULL;
+        bool had_old = cvi_hamt_find(from_root, var, var->head.hash, &old_value);
+        bool has_new = cvi_hamt_find(to_root, var, var->head.hash, &new_value);
+        call_handler(var, CV_CHANGE_SWITCH, had_old, old_value, has_new, new_value);
+    }
+}
+
+void cvi_switch_notify_slow(struct cvi_thread *thread, cv_switch_event_t event,
+                            cv_context_t *from, cv_context_t *to)
+{
+    begin_callbacks(thread);
+    /* Acquire: a slot's watcher and data were stored before its bit. */
+    unsigned active = atomic_load_explicit(&cvi_callbacks_active, memory_order_acquire);
+    for (unsigned slot = 0; slot < CV_MAX_WATCHERS; slot++) {
+        if (!(active & (1u << slot)))
+            continue;
+        /* Relaxed: ordered by the acquire load of the bit above. */
+        cv_switch_watcher_t watcher =
+            atomic_load_explicit(&watchers[slot].watcher, memory_order_relaxed);
+        void *data = atomic_load_explicit(&watchers[slot].data, memory_order_relaxed);
+        if (watcher)
+            watcher(event, from, to, data);
+    }
+    if (active & CVI_HANDLERS_ACTIVE)
+        diff_handlers(from, to);
+    end_callbacks(thread);
+}
+
+void cvi_change_notify(cv_var_t *var, cv_change_cause_t cause, bool had_old, void *old_value,
+                       bool has_new, void *new_value)
+{
+    struct cvi_thread *thread = &cvi_thread_state;
+    begin_callbacks(thread);
+    if (handler_live(var))
+        call_handler(var, cause, had_old, old_value, has_new, new_value);
+    end_callbacks(thread);
+}
+
+/* ---------------------------------------------------------- registration */
+
+/* Waits out every call that may still use what the caller has just
+ * withdrawn (under registration_lock). */
+static void wait_for_callers(void)
+{
+    cvi_fence_rare();
+    cvi_thread_wait_callbacks();
+}
+
+/* Frees `set` once no other thread can be reading it; if the calling
+ * thread itself may be (inside its callbacks), once those return. */
+static void retire_handler_set(struct handler_set *set)
+{
+    wait_for_callers();
+    struct cvi_thread *self = &cvi_thread_state;
+    if (set && cvi_in_callbacks()) {
+        set->next_garbage = self->callbacks_garbage;
+        self->callbacks_garbage = set;
+        return;
+    }
+    handler_set_free(set);
+}
+
+static void update_active(unsigned set_bits, unsigned clear_bits)
+{
+    unsigned active = atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed);
+    /* Release: pairs with the switch path's acquire load (slot contents,
+     * handler set); changed only under registration_lock. */
+    atomic_store_explicit(&cvi_callbacks_active, (active | set_bits) & ~clear_bits,
+                          memory_order_release);
+}
+
+cv_status_t cv_watcher_add(cv_switch_watcher_t watcher, void *data, int *id)
+{
+    if (!watcher || !id)
+        return CV_EINVAL;
+    pthread_mutex_lock(&registration_lock);
+    unsigned active = atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed);
+    for (int slot = 0; slot < CV_MAX_WATCHERS; slot++) {
+        if (active & (1u << slot))
+            continue;
+        /* Relaxed: published by the release in update_active. */
+        atomic_store_explicit(&watchers[slot].watcher, watcher, memory_order_relaxed);
+        atomic_store_explicit(&watchers[slot].data, data, memory_order_relaxed);
+        update_active(1u << slot, 0);
+        pthread_mutex_unlock(&registration_lock);
+        *id = slot;
+        return CV_OK;
+    }
+    pthread_mutex_unlock(&registration_lock);
+    return CV_EBUSY;
+}
+
+cv_status_t cv_watcher_remove(int id)
+{
+    if (id < 0 || id >= CV_MAX_WATCHERS)
+        return CV_EINVAL;
+    pthread_mutex_lock(&registration_lock);
+    unsigned active = atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed);
+    if (!(active & (1u << id))) {
+        pthread_mutex_unlock(&registration_lock);
+        return CV_EINVAL;
+    }
+    update_active(0, 1u << id);
+    wait_for_callers();
+    /* Relaxed: no thread can load the slot until its bit is set again. */
+    atomic_store_explicit(&watchers[id].watcher, NULL, memory_order_relaxed);
+    atomic_store_explicit(&watchers[id].data, NULL, memory_order_relaxed);
+    pthread_mutex_unlock(&registration_lock);
+    return CV_OK;
+}
+
+/* Publishes the live variables of the current set plus `added` (if not
+ * NULL) as a new set. False if memory is short: nothing changed. */
+static bool rebuild_handler_set(cv_var_t *added)
+{
+    struct handler_set *old = atomic_load_explicit(&handlers, memory_order_relaxed);
+    size_t count = added != NULL;
+    for (size_t i = 0; old && i < old->count; i++)
+        count += handler_live(old->vars[i]);
+    struct handler_set *set = count ? cvi_alloc(handler_set_size(count)) : NULL;
+    if (count && !set)
+        return false;
+    if (set) {
+        set->next_garbage = NULL;
+        set->count = 0;
+        for (size_t i = 0; old && i < old->count; i++)
+            if (handler_live(old->vars[i]))
+                set->vars[set->count++] = old->vars[i];
+        if (added)
+            set->vars[set->count++] = added;
+        for (size_t i = 0; i < set->count; i++)
+            cvi_var_ref(set->vars[i]);
+    }
+    /* Release: the set's contents before its pointer. */
+    atomic_store_explicit(&handlers, set, memory_order_release);
+    if (set)
+        update_active(CVI_HANDLERS_ACTIVE, 0);
+    else
+        update_active(0, CVI_HANDLERS_ACTIVE);
+    retire_handler_set(old);
+    return true;
+}
+
+bool cvi_handler_register(cv_var_t *var)
+{
+    pthread_mutex_lock(&registration_lock);
+    atomic_store_explicit(&var->handler_registered, true, memory_order_relaxed);
+    bool registered = rebuild_handler_set(var);
+    if (!registered)
+        atomic_store_explicit(&var->handler_registered, false, memory_order_relaxed);
+    pthread_mutex_unlock(&registration_lock);
+    return registered;
+}
+
+void cvi_handler_unregister(cv_var_t *var)
+{
+    pthread_mutex_lock(&registration_lock);
+    atomic_store_explicit(&var->handler_registered, false, memory_order_relaxed);
+    if (!rebuild_handler_set(NULL))
+        wait_for_callers();
+    pthread_mutex_unlock(&registration_lock);
+}
+
+void cvi_callbacks_thread_exit(struct cvi_thread *thread)
+{
+    /* A thread that exits from inside a callback ends that run here. */
+    if (atomic_load_explicit(&thread->callbacks_seq, memory_order_relaxed) & 1)
+        end_callbacks(thread);
+}

@@ -1,0 +1,56 @@
+/*
+ * Switch watchers and variables' change handlers: who is registered, and
+ * the calls made on a thread's context switches, sets and resets.
+ */
+#ifndef CV_CALLBACKS_H
+#define CV_CALLBACKS_H
+
+#include "thread.h"
+
+#include <ctxvars.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+/* One bit per registered watcher slot, and CVI_HANDLERS_ACTIVE while any
+ * variable with a change handler is registered: a switch with the word at
+ * zero calls nothing and pays this one load. */
+#define CVI_HANDLERS_ACTIVE (1u << CV_MAX_WATCHERS)
+extern atomic_uint cvi_callbacks_active;
+
+/* True while the calling thread runs watchers or handlers. Relaxed: only
+ * this thread writes its own flag. */
+static inline bool cvi_in_callbacks(void)
+{
+    return atomic_load_explicit(&cvi_thread_state.callbacks_seq, memory_order_relaxed) & 1;
+}
+
+void cvi_switch_notify_slow(struct cvi_thread *thread, cv_switch_event_t event,
+                            cv_context_t *from, cv_context_t *to);
+
+/* Called after `thread` switched from `from` to `to`, while it still owns
+ * both (an exited context is disowned only after this). */
+static inline void cvi_switch_notify(struct cvi_thread *thread, cv_switch_event_t event,
+                                     cv_context_t *from, cv_context_t *to)
+{
+    /* Relaxed: a registration that this load misses raced with the switch;
+     * the slow path fences before it looks again. */
+    if (__builtin_expect(atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed) != 0, 0))
+        cvi_switch_notify_slow(thread, event, from, to);
+}
+
+/* Calls var's change handler, if it is still registered, for a change the
+ * calling thread made by a set or reset. */
+void cvi_change_notify(cv_var_t *var, cv_change_cause_t cause, bool had_old, void *old_value,
+                       bool has_new, void *new_value);
+
+/* Registers a variable that has a change handler; false if memory is
+ * short. Unregistering waits until no call of the handler is under way on
+ * another thread. */
+bool cvi_handler_register(cv_var_t *var);
+void cvi_handler_unregister(cv_var_t *var);
+
+/* Frees what a callback unregistered on its own thread, once that thread's
+ * calls are over (thread.c, at exit). */
+void cvi_callbacks_thread_exit(struct cvi_thread *thread);
+
+#endif
