@@ -1,0 +1,338 @@
+/*
+ * Flow suppression, cv_capture_context and tasks: capture at submit and
+ * run at execute on another thread, sets that stay in the task's context,
+ * a task that runs once, and work submitted with flow suppressed that
+ * carries no values and keeps none alive.
+ */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "run_selected.h"
+#include "values.h"
+
+#include <ctxvars.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+static int enter_fresh(void **state)
+{
+    cv_context_t *ctx = cv_context_new();
+    if (!ctx || cv_context_enter(ctx) != CV_OK)
+        return -1;
+    *state = ctx;
+    return 0;
+}
+
+static int exit_fresh(void **state)
+{
+    cv_status_t status = cv_context_exit(*state);
+    cv_context_release(*state);
+    return status == CV_OK ? 0 : -1;
+}
+
+static char request[] = "req-1", other[] = "other";
+
+static void test_suppression_nests_and_restore_checks(void **state)
+{
+    (void)state;
+    assert_false(cv_flow_is_suppressed());
+    assert_int_equal(cv_flow_restore(), CV_EINVAL);
+    cv_flow_suppress();
+    cv_flow_suppress();
+    assert_true(cv_flow_is_suppressed());
+    assert_int_equal(cv_flow_restore(), CV_OK);
+    assert_true(cv_flow_is_suppressed());
+    assert_int_equal(cv_flow_restore(), CV_OK);
+    assert_false(cv_flow_is_suppressed());
+    assert_int_equal(cv_flow_restore(), CV_EINVAL);
+}
+
+static void test_capture_copies_unless_suppressed(void **state)
+{
+    cv_var_t *var = cv_var_new("request", NULL);
+    assert_int_equal(cv_set(var, request, NULL), CV_OK);
+    cv_context_t *captured = cv_capture_context();
+    assert_true(cv_context_equal(captured, *state));
+    assert_ptr_not_equal(captured, *state);
+    cv_flow_suppress();
+    cv_context_t *empty = cv_capture_context();
+    cv_context_t *copy = cv_copy_context(); /* Python's copy_context: unaffected */
+    assert_int_equal(cv_flow_restore(), CV_OK);
+    assert_int_equal(cv_context_len(empty), 0);
+    assert_true(cv_context_equal(copy, *state));
+    /* The thread's own values are untouched by suppression. */
+    assert_ptr_equal(current_value(var), request);
+    cv_context_release(captured);
+    cv_context_release(empty);
+    cv_context_release(copy);
+    cv_var_release(var);
+}
+
+/* Suppression belongs to the thread, not to a context. */
+static void check_suppressed(void *arg)
+{
+    *(bool *)arg = cv_flow_is_suppressed();
+}
+
+static void *report_suppressed(void *arg)
+{
+    *(bool *)arg = cv_flow_is_suppressed();
+    return NULL;
+}
+
+static void test_suppression_is_per_thread(void **state)
+{
+    (void)state;
+    cv_flow_suppress();
+    bool in_run = false, in_thread = true;
+    cv_context_t *ctx = cv_context_new();
+    assert_int_equal(cv_context_run(ctx, check_suppressed, &in_run), CV_OK);
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, report_suppressed, &in_thread), 0);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_int_equal(cv_flow_restore(), CV_OK);
+    assert_true(in_run);
+    assert_false(in_thread);
+    cv_context_release(ctx);
+}
+
+struct seen {
+    cv_var_t *var;
+    void *value;
+    size_t len;
+};
+
+static void *see(void *arg)
+{
+    struct seen *seen = arg;
+    seen->value = cv_get_or(seen->var, sentinel);
+    seen->len = cv_context_len(cv_context_current());
+    return NULL;
+}
+
+static void test_thread_create_honours_suppression(void **state)
+{
+    (void)state;
+    cv_var_t *var = cv_var_new("request", NULL);
+    assert_int_equal(cv_set(var, request, NULL), CV_OK);
+    struct seen inherited = {.var = var}, suppressed = {.var = var};
+    pthread_t thread;
+    assert_int_equal(cv_thread_create(&thread, NULL, see, &inherited), 0);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    cv_flow_suppress();
+    assert_int_equal(cv_thread_create(&thread, NULL, see, &suppressed), 0);
+    assert_int_equal(cv_flow_restore(), CV_OK);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_ptr_equal(inherited.value, request);
+    assert_ptr_equal(suppressed.value, sentinel);
+    assert_int_equal(suppressed.len, 0);
+    cv_var_release(var);
+}
+
+/* A task's body: reads the request, sets a value of its own. */
+struct job {
+    cv_var_t *var;
+    bool writes; /* sets var to `other` after reading it */
+    void *seen;
+    int runs;
+};
+
+static void job_body(void *arg)
+{
+    struct job *job = arg;
+    job->runs++;
+    job->seen = cv_get_or(job->var, sentinel);
+    if (job->writes)
+        cv_set(job->var, other, NULL);
+}
+
+static void *run_task(void *arg)
+{
+    return (void *)(intptr_t)cv_task_run(arg);
+}
+
+static void test_task_runs_on_another_thread_in_the_submitters_values(void **state)
+{
+    (void)state;
+    cv_var_t *var = cv_var_new("request", NULL);
+    assert_int_equal(cv_set(var, request, NULL), CV_OK);
+    struct job job = {.var = var, .writes = true};
+    cv_task_t task;
+    assert_int_equal(cv_task_init(&task, job_body, &job), CV_OK);
+    /* Captured at submit: later sets of the submitter do not reach it. */
+    cv_token_t tok;
+    assert_int_equal(cv_set(var, "later", &tok), CV_OK);
+    pthread_t worker;
+    void *status;
+    assert_int_equal(pthread_create(&worker, NULL, run_task, &task), 0);
+    assert_int_equal(pthread_join(worker, &status), 0);
+    assert_int_equal((intptr_t)status, CV_OK);
+    assert_int_equal(job.runs, 1);
+    assert_ptr_equal(job.seen, request);
+    /* The task's set stayed in its own context. */
+    assert_string_equal(current_value(var), "later");
+    assert_int_equal(cv_reset(var, &tok), CV_OK);
+    assert_ptr_equal(current_value(var), request);
+    /* A task runs once. */
+    assert_int_equal(cv_task_run(&task), CV_EINVAL);
+    assert_int_equal(job.runs, 1);
+    cv_var_release(var);
+}
+
+static void test_task_arguments_and_empty_tasks(void **state)
+{
+    (void)state;
+    cv_task_t task = {0};
+    struct job job = {0};
+    assert_int_equal(cv_task_init(NULL, job_body, &job), CV_EINVAL);
+    assert_int_equal(cv_task_init(&task, NULL, &job), CV_EINVAL);
+    assert_int_equal(cv_task_run(NULL), CV_EINVAL);
+    assert_int_equal(cv_task_run(&task), CV_EINVAL); /* zero-initialised: empty */
+    cv_task_discard(NULL);
+    cv_task_discard(&task);
+    assert_int_equal(job.runs, 0);
+}
+
+static void test_discarded_task_never_runs_and_keeps_nothing(void **state)
+{
+    (void)state;
+    static struct tracked value;
+    tracked_init(&value);
+    cv_var_t *var =
+        cv_var_new("v", &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
+    cv_token_t tok;
+    assert_int_equal(cv_set(var, &value, &tok), CV_OK);
+    struct job job = {.var = var};
+    cv_task_t task;
+    assert_int_equal(cv_task_init(&task, job_body, &job), CV_OK);
+    assert_int_equal(cv_reset(var, &tok), CV_OK);
+    cv_task_discard(&task);
+    assert_int_equal(cv_task_run(&task), CV_EINVAL);
+    assert_int_equal(job.runs, 0);
+    cv_reclaim_barrier();
+    assert_int_equal(atomic_load(&value.live), 0);
+    cv_var_release(var);
+}
+
+/* Background work submitted with flow suppressed sees no request values
+ * and holds no reference to them while it waits in a queue. */
+static void test_suppressed_task_carries_and_keeps_no_values(void **state)
+{
+    (void)state;
+    static struct tracked value;
+    tracked_init(&value);
+    cv_var_t *var =
+        cv_var_new("v", &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
+    cv_token_t tok;
+    assert_int_equal(cv_set(var, &value, &tok), CV_OK);
+    struct job job = {.var = var};
+    cv_task_t task;
+    cv_flow_suppress();
+    assert_int_equal(cv_task_init(&task, job_body, &job), CV_OK);
+    assert_int_equal(cv_flow_restore(), CV_OK);
+    assert_int_equal(cv_reset(var, &tok), CV_OK);
+    cv_reclaim_barrier();
+    assert_int_equal(atomic_load(&value.live), 0); /* the queued task holds nothing */
+    pthread_t worker;
+    void *status;
+    assert_int_equal(pthread_create(&worker, NULL, run_task, &task), 0);
+    assert_int_equal(pthread_join(worker, &status), 0);
+    assert_int_equal((intptr_t)status, CV_OK);
+    assert_int_equal(job.runs, 1);
+    assert_ptr_equal(job.seen, sentinel);
+    cv_var_release(var);
+}
+
+static void enter_and_stay(void *arg)
+{
+    cv_context_enter(arg);
+}
+
+static void test_task_that_leaves_a_context_entered(void **state)
+{
+    (void)state;
+    cv_context_t *left = cv_context_new();
+    cv_context_t *before = cv_context_current();
+    cv_task_t task;
+    assert_int_equal(cv_task_init(&task, enter_and_stay, left), CV_OK);
+    assert_int_equal(cv_task_run(&task), CV_ENOTCURRENT);
+    assert_ptr_equal(cv_context_current(), before);
+    assert_int_equal(cv_task_run(&task), CV_EINVAL);
+    cv_context_release(left);
+}
+
+/* Many tasks from several submitters through one queue-less hand-off: each
+ * sees its own submitter's request. */
+struct submitter {
+    cv_var_t *var;
+    char id[16];
+    cv_task_t tasks[64];
+    struct job jobs[64];
+};
+
+static void *submit(void *arg)
+{
+    struct submitter *s = arg;
+    cv_set(s->var, s->id, NULL);
+    for (int i = 0; i < 64; i++) {
+        s->jobs[i] = (struct job){.var = s->var, .writes = true};
+        if (cv_task_init(&s->tasks[i], job_body, &s->jobs[i]) != CV_OK)
+            return (void *)1;
+    }
+    return NULL;
+}
+
+static void test_tasks_from_many_submitters(void **state)
+{
+    (void)state;
+    enum { SUBMITTERS = 4 };
+    cv_var_t *var = cv_var_new("request", NULL);
+    static struct submitter submitters[SUBMITTERS];
+    pthread_t threads[SUBMITTERS];
+    for (int i = 0; i < SUBMITTERS; i++) {
+        submitters[i].var = var;
+        snprintf(submitters[i].id, sizeof(submitters[i].id), "req-%d", i);
+        assert_int_equal(pthread_create(&threads[i], NULL, submit, &submitters[i]), 0);
+    }
+    for (int i = 0; i < SUBMITTERS; i++) {
+        void *failed;
+        assert_int_equal(pthread_join(threads[i], &failed), 0);
+        assert_null(failed);
+    }
+    for (int t = 0; t < 64; t++)
+        for (int i = 0; i < SUBMITTERS; i++)
+            assert_int_equal(cv_task_run(&submitters[i].tasks[t]), CV_OK);
+    for (int i = 0; i < SUBMITTERS; i++)
+        for (int t = 0; t < 64; t++)
+            assert_ptr_equal(submitters[i].jobs[t].seen, submitters[i].id);
+    cv_var_release(var);
+}
+
+int main(void)
+{
+    struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_suppression_nests_and_restore_checks),
+        cmocka_unit_test_setup_teardown(test_capture_copies_unless_suppressed, enter_fresh,
+                                        exit_fresh),
+        cmocka_unit_test(test_suppression_is_per_thread),
+        cmocka_unit_test_setup_teardown(test_thread_create_honours_suppression, enter_fresh,
+                                        exit_fresh),
+        cmocka_unit_test_setup_teardown(test_task_runs_on_another_thread_in_the_submitters_values,
+                                        enter_fresh, exit_fresh),
+        cmocka_unit_test(test_task_arguments_and_empty_tasks),
+        cmocka_unit_test_setup_teardown(test_discarded_task_never_runs_and_keeps_nothing,
+                                        enter_fresh, exit_fresh),
+        cmocka_unit_test_setup_teardown(test_suppressed_task_carries_and_keeps_no_values,
+                                        enter_fresh, exit_fresh),
+        cmocka_unit_test(test_task_that_leaves_a_context_entered),
+        cmocka_unit_test(test_tasks_from_many_submitters),
+    };
+    return cv_test_run_selected("flow", tests, sizeof(tests) / sizeof(tests[0]));
+}
