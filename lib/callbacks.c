@@ -16,9 +16,15 @@
  * the registrations; an unregisterer first withdraws the registration,
  * fences, and waits for every thread whose count is odd to move on (a
  * Dekker handshake with the asymmetric fences of reclaim.h: the switch
- * side's fence is free). A thread that unregisters from inside its own
- * callback cannot wait for itself: what it withdrew is kept on its garbage
- * list until its callbacks return.
+ * side's fence is free).
+ *
+ * What was withdrawn stays unsettled until such a wait has passed: a
+ * watcher's slot is not reused, a replaced handler set is not freed. The
+ * wait happens outside the registration lock, and never inside callbacks:
+ * two threads whose callbacks each waited for the other would deadlock. So
+ * a withdrawal made from inside a callback returns at once, and what it
+ * leaves unsettled is settled by the next wait made outside one (another
+ * withdrawal, a registration, or cv_reclaim_barrier).
  */
 #include "callbacks.h"
 
@@ -32,6 +38,8 @@
 
 atomic_uint cvi_callbacks_active;
 
+/* Guards registrations and the unsettled state; never held while waiting
+ * or calling out. */
 static pthread_mutex_t registration_lock = PTHREAD_MUTEX_INITIALIZER;
 
 struct watcher_slot {
@@ -46,28 +54,33 @@ static struct watcher_slot watchers[CV_MAX_WATCHERS];
  * it; if memory is short for that, the variable stays in the set, skipped,
  * until the next set is built. */
 struct handler_set {
-    struct handler_set *next_garbage;
+    struct handler_set *next_unsettled;
     size_t count;
     cv_var_t *vars[];
 };
 static _Atomic(struct handler_set *) handlers;
+
+static unsigned unsettled_slots;
+static struct handler_set *unsettled_sets;
 
 static size_t handler_set_size(size_t count)
 {
     return sizeof(struct handler_set) + count * sizeof(cv_var_t *);
 }
 
-static void handler_set_free(struct handler_set *set)
+static void handler_sets_free(struct handler_set *set)
 {
-    if (!set)
-        return;
-    for (size_t i = 0; i < set->count; i++)
-        cvi_var_unref(set->vars[i]);
-    cvi_free(set, handler_set_size(set->count));
+    while (set) {
+        struct handler_set *next = set->next_unsettled;
+        for (size_t i = 0; i < set->count; i++)
+            cvi_var_unref(set->vars[i]);
+        cvi_free(set, handler_set_size(set->count));
+        set = next;
+    }
 }
 
-/* Relaxed: read after begin_callbacks' fence, written under the lock
- * before wait_for_callers' fence (the Dekker handshake above). */
+/* Relaxed: read after begin_callbacks' fence, written before settle()'s
+ * fence (the Dekker handshake above). */
 static bool handler_live(const cv_var_t *var)
 {
     return atomic_load_explicit(&var->handler_registered, memory_order_relaxed);
@@ -78,7 +91,7 @@ static bool handler_live(const cv_var_t *var)
 static void begin_callbacks(struct cvi_thread *thread)
 {
     /* Relaxed: only this thread writes it; the fence orders the store
-     * before the loads of the registrations (Dekker with withdraw()). */
+     * before the loads of the registrations (Dekker with settle()). */
     unsigned seq = atomic_load_explicit(&thread->callbacks_seq, memory_order_relaxed);
     atomic_store_explicit(&thread->callbacks_seq, seq + 1, memory_order_relaxed);
     cvi_fence_hot();
@@ -87,16 +100,9 @@ static void begin_callbacks(struct cvi_thread *thread)
 static void end_callbacks(struct cvi_thread *thread)
 {
     unsigned seq = atomic_load_explicit(&thread->callbacks_seq, memory_order_relaxed);
-    /* Release: the calls happen before an unregisterer that waited for
-     * this store frees what they used. */
+    /* Release: the calls happen before a waiter in settle() frees what
+     * they used. */
     atomic_store_explicit(&thread->callbacks_seq, seq + 1, memory_order_release);
-    struct handler_set *garbage = thread->callbacks_garbage;
-    thread->callbacks_garbage = NULL;
-    while (garbage) {
-        struct handler_set *next = garbage->next_garbage;
-        handler_set_free(garbage);
-        garbage = next;
-    }
 }
 
 static void call_handler(cv_var_t *var, cv_change_cause_t cause, bool had_old, void *old_value,
@@ -142,8 +148,7 @@ void cvi_switch_notify_slow(struct cvi_thread *thread, cv_switch_event_t event,
         cv_switch_watcher_t watcher =
             atomic_load_explicit(&watchers[slot].watcher, memory_order_relaxed);
         void *data = atomic_load_explicit(&watchers[slot].data, memory_order_relaxed);
-        if (watcher)
-            watcher(event, from, to, data);
+        watcher(event, from, to, data);
     }
     if (active & CVI_HANDLERS_ACTIVE)
         diff_handlers(from, to);
@@ -162,26 +167,27 @@ void cvi_change_notify(cv_var_t *var, cv_change_cause_t cause, bool had_old, voi
 
 /* ---------------------------------------------------------- registration */
 
-/* Waits out every call that may still use what the caller has just
- * withdrawn (under registration_lock). */
-static void wait_for_callers(void)
+/* Waits out every call that may still use what was withdrawn before it,
+ * then frees it. Outside callbacks and the lock. */
+static void settle(void)
 {
+    pthread_mutex_lock(&registration_lock);
+    unsigned slots = unsettled_slots;
+    struct handler_set *sets = unsettled_sets;
+    unsettled_sets = NULL;
+    pthread_mutex_unlock(&registration_lock);
     cvi_fence_rare();
     cvi_thread_wait_callbacks();
+    pthread_mutex_lock(&registration_lock);
+    unsettled_slots &= ~slots;
+    pthread_mutex_unlock(&registration_lock);
+    handler_sets_free(sets);
 }
 
-/* Frees `set` once no other thread can be reading it; if the calling
- * thread itself may be (inside its callbacks), once those return. */
-static void retire_handler_set(struct handler_set *set)
+void cvi_callbacks_settle(void)
 {
-    wait_for_callers();
-    struct cvi_thread *self = &cvi_thread_state;
-    if (set && cvi_in_callbacks()) {
-        set->next_garbage = self->callbacks_garbage;
-        self->callbacks_garbage = set;
-        return;
-    }
-    handler_set_free(set);
+    if (!cvi_in_callbacks())
+        settle();
 }
 
 static void update_active(unsigned set_bits, unsigned clear_bits)
@@ -193,24 +199,41 @@ static void update_active(unsigned set_bits, unsigned clear_bits)
                           memory_order_release);
 }
 
-cv_status_t cv_watcher_add(cv_switch_watcher_t watcher, void *data, int *id)
+/* A free slot for `watcher`, or -1. Under the lock. */
+static int claim_slot(cv_switch_watcher_t watcher, void *data)
 {
-    if (!watcher || !id)
-        return CV_EINVAL;
-    pthread_mutex_lock(&registration_lock);
-    unsigned active = atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed);
+    unsigned taken = atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed) |
+                     unsettled_slots;
     for (int slot = 0; slot < CV_MAX_WATCHERS; slot++) {
-        if (active & (1u << slot))
+        if (taken & (1u << slot))
             continue;
         /* Relaxed: published by the release in update_active. */
         atomic_store_explicit(&watchers[slot].watcher, watcher, memory_order_relaxed);
         atomic_store_explicit(&watchers[slot].data, data, memory_order_relaxed);
         update_active(1u << slot, 0);
-        pthread_mutex_unlock(&registration_lock);
-        *id = slot;
-        return CV_OK;
+        return slot;
     }
-    pthread_mutex_unlock(&registration_lock);
+    return -1;
+}
+
+cv_status_t cv_watcher_add(cv_switch_watcher_t watcher, void *data, int *id)
+{
+    if (!watcher || !id)
+        return CV_EINVAL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        pthread_mutex_lock(&registration_lock);
+        int slot = claim_slot(watcher, data);
+        bool unsettled = unsettled_slots != 0;
+        pthread_mutex_unlock(&registration_lock);
+        if (slot >= 0) {
+            *id = slot;
+            return CV_OK;
+        }
+        /* Slots withdrawn from inside callbacks come free after a wait. */
+        if (!unsettled || cvi_in_callbacks())
+            break;
+        settle();
+    }
     return CV_EBUSY;
 }
 
@@ -220,21 +243,21 @@ cv_status_t cv_watcher_remove(int id)
         return CV_EINVAL;
     pthread_mutex_lock(&registration_lock);
     unsigned active = atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed);
-    if (!(active & (1u << id))) {
-        pthread_mutex_unlock(&registration_lock);
-        return CV_EINVAL;
+    bool registered = active & (1u << id);
+    if (registered) {
+        update_active(0, 1u << id);
+        unsettled_slots |= 1u << id;
     }
-    update_active(0, 1u << id);
-    wait_for_callers();
-    /* Relaxed: no thread can load the slot until its bit is set again. */
-    atomic_store_explicit(&watchers[id].watcher, NULL, memory_order_relaxed);
-    atomic_store_explicit(&watchers[id].data, NULL, memory_order_relaxed);
     pthread_mutex_unlock(&registration_lock);
+    if (!registered)
+        return CV_EINVAL;
+    cvi_callbacks_settle();
     return CV_OK;
 }
 
 /* Publishes the live variables of the current set plus `added` (if not
- * NULL) as a new set. False if memory is short: nothing changed. */
+ * NULL) as a new set; the old one is left unsettled. False if memory is
+ * short: nothing changed. Under the lock. */
 static bool rebuild_handler_set(cv_var_t *added)
 {
     struct handler_set *old = atomic_load_explicit(&handlers, memory_order_relaxed);
@@ -245,7 +268,7 @@ static bool rebuild_handler_set(cv_var_t *added)
     if (count && !set)
         return false;
     if (set) {
-        set->next_garbage = NULL;
+        set->next_unsettled = NULL;
         set->count = 0;
         for (size_t i = 0; old && i < old->count; i++)
             if (handler_live(old->vars[i]))
@@ -261,27 +284,44 @@ static bool rebuild_handler_set(cv_var_t *added)
         update_active(CVI_HANDLERS_ACTIVE, 0);
     else
         update_active(0, CVI_HANDLERS_ACTIVE);
-    retire_handler_set(old);
+    if (old) {
+        old->next_unsettled = unsettled_sets;
+        unsettled_sets = old;
+    }
     return true;
 }
 
 bool cvi_handler_register(cv_var_t *var)
 {
     pthread_mutex_lock(&registration_lock);
+    /* Relaxed: published with the set, under the lock. */
     atomic_store_explicit(&var->handler_registered, true, memory_order_relaxed);
     bool registered = rebuild_handler_set(var);
     if (!registered)
         atomic_store_explicit(&var->handler_registered, false, memory_order_relaxed);
     pthread_mutex_unlock(&registration_lock);
+    if (registered)
+        cvi_callbacks_settle();
     return registered;
 }
 
 void cvi_handler_unregister(cv_var_t *var)
 {
     pthread_mutex_lock(&registration_lock);
+    /* Relaxed: settle()'s fence orders it before the wait. */
     atomic_store_explicit(&var->handler_registered, false, memory_order_relaxed);
-    if (!rebuild_handler_set(NULL))
-        wait_for_callers();
+    rebuild_handler_set(NULL);
+    pthread_mutex_unlock(&registration_lock);
+    cvi_callbacks_settle();
+}
+
+void cvi_callbacks_before_fork(void)
+{
+    pthread_mutex_lock(&registration_lock);
+}
+
+void cvi_callbacks_after_fork(void)
+{
     pthread_mutex_unlock(&registration_lock);
 }
 

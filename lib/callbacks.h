@@ -49,8 +49,15 @@ void cvi_change_notify(cv_var_t *var, cv_change_cause_t cause, bool had_old, voi
 bool cvi_handler_register(cv_var_t *var);
 void cvi_handler_unregister(cv_var_t *var);
 
-/* Frees what a callback unregistered on its own thread, once that thread's
- * calls are over (thread.c, at exit). */
+/* Waits out the calls that may still use what was unregistered from
+ * inside callbacks, and frees it; a no-op inside callbacks. */
+void cvi_callbacks_settle(void);
+
+/* Ends the run of callbacks that a thread exits from (thread.c). */
 void cvi_callbacks_thread_exit(struct cvi_thread *thread);
+
+/* fork() handlers for the registration lock. */
+void cvi_callbacks_before_fork(void);
+void cvi_callbacks_after_fork(void);
 
 #endif

@@ -555,5 +555,6 @@ void cv_context_iter_fini(cv_context_iter_t *it)
 
 void cv_reclaim_barrier(void)
 {
+    cvi_callbacks_settle();
     cvi_reclaim_barrier();
 }

@@ -274,11 +274,12 @@ static void resume_updates_in_place(void)
     pthread_mutex_unlock(&registry_lock);
 }
 
-/* Lock order: updates in place are drained, the RCU worker is paused (its
- * callbacks take the slot lock), then the library's locks; released in
- * reverse. */
+/* Lock order: callback registrations are held, updates in place are
+ * drained, the RCU worker is paused (its callbacks take the slot lock),
+ * then the library's locks; released in reverse. */
 static void before_fork(void)
 {
+    cvi_callbacks_before_fork();
     quiesce_updates_in_place();
     cvi_reclaim_before_fork();
     cvi_var_before_fork();
@@ -289,6 +290,7 @@ static void after_fork_parent(void)
     cvi_var_after_fork();
     cvi_reclaim_after_fork_parent();
     resume_updates_in_place();
+    cvi_callbacks_after_fork();
 }
 
 static void after_fork_child(void)
@@ -301,6 +303,7 @@ static void after_fork_child(void)
     if (registry)
         self->registry_prev = self->registry_next = NULL;
     resume_updates_in_place();
+    cvi_callbacks_after_fork();
 }
 
 __attribute__((constructor)) static void register_fork_handlers(void)

@@ -30,7 +30,6 @@ struct cvi_thread {
      * unregisters one waits until it has moved on (callbacks.c), and the
      * thread may not switch or write meanwhile. */
     atomic_uint callbacks_seq;
-    void *callbacks_garbage; /* what its own callbacks unregistered */
     uint32_t flow_suppressed; /* nesting depth of cv_flow_suppress */
     struct cvi_thread *registry_prev, *registry_next;
     cv_context_t *inline_stack[CVI_INLINE_STACK];

@@ -18,6 +18,7 @@
 #include <ctxvars.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 

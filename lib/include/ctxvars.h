@@ -120,7 +120,9 @@ typedef struct cv_var_opts {
      * may read (cv_get, the mapping API, copies) but not switch or write:
      * cv_set, cv_reset, enter, exit and run return CV_EBUSY inside it. Once
      * cv_var_release has returned, the handler is never called again and no
-     * call of it is under way on another thread. */
+     * call of it is under way on another thread (called from inside a
+     * watcher or handler, cv_var_release does not wait for other threads:
+     * two callbacks waiting for each other would deadlock). */
     cv_change_handler_t on_change;
     void *on_change_data;
 } cv_var_opts_t;
@@ -276,11 +278,16 @@ typedef void (*cv_switch_watcher_t)(cv_switch_event_t event, cv_context_t *from,
  * read-mostly word. */
 CV_EXPORT cv_status_t cv_watcher_add(cv_switch_watcher_t watcher, void *data, int *id);
 
-/* Unregisters watcher `id`. When it returns, no call of the watcher is
- * under way on another thread, and none starts (from inside a callback on
- * the calling thread, the calling thread's own call is left to finish).
- * CV_EINVAL if `id` is not registered. Takes microseconds to milliseconds:
- * not for hot paths. */
+/* Unregisters watcher `id`: no call of it starts after this returns, and
+ * none is under way on another thread then, so its data may be freed.
+ * From inside a watcher or handler it does not wait for other threads (two
+ * callbacks waiting for each other would deadlock): their calls under way
+ * may still finish, and the slot is reused only after a later wait (any
+ * cv_watcher_remove, cv_var_release of a variable with a handler, or
+ * cv_reclaim_barrier made outside callbacks). CV_EINVAL if `id` is not
+ * registered. Takes microseconds (a membarrier and a scan of the threads
+ * that use the library): not for hot paths. Watchers and handlers must not
+ * call fork(). */
 CV_EXPORT cv_status_t cv_watcher_remove(int id);
 
 /* ------------------------------------------------------ flow and tasks */
