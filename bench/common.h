@@ -162,6 +162,14 @@ double timer_step_ns();
 enum class Group { GetCached, GetCold, SetReset, Copy, Run, Switch };
 
 void register_single_thread_benchmarks();
+/* The watcher, change handler and cv_task rows of a group (callbacks.cc),
+ * registered by register_single_thread_benchmarks next to the plain rows
+ * they are compared with. */
+void register_callback_benchmarks(Group group);
+/* True while a benchmark has a switch watcher or a variable with a change
+ * handler registered: the plain rows check that they measure the switch
+ * path with nothing registered. */
+bool callbacks_registered();
 void register_noinline_benchmarks();
 void register_multi_thread_benchmarks();
 void register_pool_benchmarks();

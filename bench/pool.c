@@ -43,10 +43,11 @@ struct cvb_pool {
 
 static void run_task(struct cvb_task *task)
 {
-    if (task->context) {
-        /* Cannot be CV_EBUSY: the capture is a fresh copy nobody entered. */
-        cv_context_run(task->context, task->fn, task->arg);
-        cv_context_release(task->context);
+    if (task->propagate) {
+        /* Runs fn(arg) in the capture and releases it. Cannot be CV_EBUSY:
+         * the capture is a fresh copy nobody entered, and workers run no
+         * callbacks. */
+        cv_task_run(&task->captured);
     } else {
         task->fn(task->arg);
     }
@@ -147,8 +148,9 @@ bool cvb_pool_submit_batch(cvb_pool_t *pool, struct cvb_task *const *tasks, size
     bool ok = true;
     for (size_t i = 0; i < count && ok; i++) {
         struct cvb_task *task = tasks[i];
-        task->context = NULL;
-        if (capture && !(task->context = cv_copy_context())) {
+        task->propagate = capture;
+        if (capture && cv_task_init(&task->captured, task->fn, task->arg) != CV_OK) {
+            task->propagate = false;
             ok = false;
             break;
         }

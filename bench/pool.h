@@ -7,9 +7,10 @@
  * latency-minded server pool does under load and keeps wake-up costs out
  * of a benchmark about context propagation.
  *
- * A task may carry a captured context: the worker then runs it with
- * cv_context_run and releases the capture afterwards, the pattern
- * API.md prescribes for executors.
+ * A task may carry the submitter's context: captured at submit with
+ * cv_task_init, run and released on the worker with cv_task_run, the
+ * library's executor helper (cv_capture_context, cv_context_run,
+ * cv_context_release in one).
  *
  * The queue headers stay inside pool.c; this header is plain C and C++.
  */
@@ -29,7 +30,8 @@ struct cvb_task {
     void *link; /* pool-private: the queue node (struct cds_wfcq_node) */
     void (*fn)(void *arg);
     void *arg;
-    cv_context_t *context; /* the submitter's captured context, or NULL */
+    bool propagate;   /* set at submit: run through `captured` */
+    cv_task_t captured; /* fn, arg and the submitter's context (cv_task_init) */
 };
 
 typedef struct cvb_pool cvb_pool_t;
@@ -41,8 +43,9 @@ typedef struct cvb_pool cvb_pool_t;
 cvb_pool_t *cvb_pool_start(int workers, const int *cpu_ids, void (*init)(void *), void *init_arg);
 
 /* Queues *tasks[0..count-1] as one burst per worker, spread round-robin,
- * capturing the current context into each if asked. False if a capture
- * fails for lack of memory; the tasks before it are queued, the rest not. */
+ * capturing the current context into each (cv_task_init) if asked. False
+ * if a capture fails for lack of memory; the tasks before it are queued,
+ * the rest not. */
 bool cvb_pool_submit_batch(cvb_pool_t *pool, struct cvb_task *const *tasks, size_t count,
                            bool capture);
 

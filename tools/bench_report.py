@@ -243,6 +243,78 @@ def section_single(runs, out):
     out.append("  naive: mutex-protected std::unordered_map per context, copied in full on capture.")
 
 
+# The watcher, change handler and cv_task rows (bench/callbacks.cc), each
+# against the plain row of the same run it adds to: (label, benchmark,
+# label of the comparison, function of the run giving the comparison ns,
+# label in the plot).
+def _plain(name):
+    return lambda run: run.ns(name)
+
+
+def _copy_plus_run(run):
+    copy, plain_run = run.ns("copy/ctxvars/vars:1"), run.ns("run/ctxvars")
+    return None if copy is None or plain_run is None else copy + plain_run
+
+
+CALLBACK_ROWS = [
+    ("run, 1 switch watcher", "run_watcher/ctxvars", "run, nothing registered",
+     _plain("run/ctxvars"), "run+watcher"),
+    ("run, handled var, the switch changes it", "run_handler_changes/ctxvars",
+     "run, nothing registered", _plain("run/ctxvars"), "run+handler, changes"),
+    ("run, handled var, contexts agree (no call)", "run_handler_agree/ctxvars",
+     "run, nothing registered", _plain("run/ctxvars"), "run+handler, agree"),
+    ("run, handled var in neither context", "run_handler_absent/ctxvars",
+     "run, nothing registered", _plain("run/ctxvars"), "run+handler, absent"),
+    ("set+reset, handled var, 1 var", "set_reset_handler/ctxvars", "set+reset, 1 var",
+     _plain("set_reset/ctxvars/vars:1"), "set+reset+handler"),
+    ("copy+run+release, by hand", "copy_run_release/ctxvars", "copy, 1 var + run",
+     _copy_plus_run, "copy+run+release"),
+    ("cv_task_init + cv_task_run", "task/ctxvars", "copy+run+release, by hand",
+     _plain("copy_run_release/ctxvars"), "cv_task init+run"),
+]
+
+
+def callback_rows(run):
+    """(label, ns, comparison label, comparison ns) for the rows that ran."""
+    return [(lab, run.ns(name), plain_label, plain(run))
+            for (lab, name, plain_label, plain, _short) in CALLBACK_ROWS]
+
+
+def section_callbacks(runs, out):
+    present = [a for a in ALLOCATORS if runs.get(a) and any(
+        runs[a].ns(name) is not None or runs[a].error(name) for (_l, name, _p, _f, _s) in CALLBACK_ROWS)]
+    if not present:
+        return
+    out.append("")
+    out.append("Callbacks and tasks, single thread: ns per operation (median of repetitions), against"
+               " the row they add to, same run")
+    headers = ["operation", "compared with"]
+    for a in present:
+        headers += ["%s" % a, "plain", "ratio", "added"]
+    rows = []
+    per_alloc = {a: callback_rows(runs[a]) for a in present}
+    for i, (lab, _name, plain_label, _f, _s) in enumerate(CALLBACK_ROWS):
+        row = [lab, plain_label]
+        for a in present:
+            _l, v, _pl, p = per_alloc[a][i]
+            row += [fmt_ns(v), fmt_ns(p), fmt_ratio(v, p),
+                    "-" if v is None or p is None else "%+.1f ns" % (v - p)]
+        rows.append(row)
+    out.append(table(headers, rows))
+    out.append("  run: cv_context_run of an empty function, from the thread's base context into one"
+               " holding 2-3 variables (bench/callbacks.cc).")
+    out.append("  watcher: a callback that counts its calls (2 per run, checked). Handled var: a"
+               " variable with a change handler that")
+    out.append("  counts its calls (checked: 2 per run when the switch changes its value, none when"
+               " both contexts hold the same value).")
+    out.append("  Any registered watcher or handler puts every switch of the process on the slow path;"
+               " each benchmark removes its")
+    out.append("  own (cv_watcher_remove, cv_var_release) before returning, and the plain rows check"
+               " that nothing is registered.")
+    out.append("  copy, 1 var + run: the sum of those two rows. The pool's propagating tasks use"
+               " cv_task_init/cv_task_run.")
+
+
 def label(alloc, run):
     provider = run.context.get("cv_malloc_provider", "?")
     return "%s (malloc from %s)" % (alloc, os.path.basename(provider))
@@ -441,7 +513,8 @@ def section_pool(runs, out):
                      fmt_ns(overhead)))
     out.append(table(["allocator", "workers", "plain", "propagating", "propagating/plain",
                       "cost per task"], rows))
-    out.append("  propagating: cv_copy_context at submit, cv_context_run on the worker, release after.")
+    out.append("  propagating: cv_task_init at submit (a copy), cv_task_run on the worker (run and"
+               " release).")
     out.append("  cost per task: 1/propagating - 1/plain (the time propagation adds to each task).")
 
 
@@ -640,15 +713,30 @@ def write_plot(results_dir, runs, rsses, out):
             have_pool |= bool(plain or prop)
             f.write('"%s" %s %s\n' % (a, val(plain and plain / 1e6), val(prop and prop / 1e6)))
 
+    # Callbacks and tasks: each row with its plain comparison, and the ratio.
+    callbacks = os.path.join(pdir, "callbacks.dat")
+    cb_allocs = [a for a in ALLOCATORS if runs.get(a) and any(
+        runs[a].ns(r[1]) is not None for r in CALLBACK_ROWS)]
+    if cb_allocs:
+        with open(callbacks, "w") as f:
+            f.write("op " + " ".join('"%s plain" "%s with" "%s ratio"' % (a, a, a) for a in cb_allocs)
+                    + "\n")
+            for i, r in enumerate(CALLBACK_ROWS):
+                vals = []
+                for a in cb_allocs:
+                    _l, v, _pl, p = callback_rows(runs[a])[i]
+                    vals += [val(p), val(v), val(v / p if v is not None and p else None)]
+                f.write('"%s" %s\n' % (r[4], " ".join(vals)))
+
     png = os.path.join(results_dir, "bench.png")
-    gp = ["set terminal pngcairo size 1800,1500 font 'sans,10'" if png_cairo(gnuplot)
-          else "set terminal png size 1800,1500",
+    gp = ["set terminal pngcairo size 1800,2000 font 'sans,10'" if png_cairo(gnuplot)
+          else "set terminal png size 1800,2000",
           "set output '%s'" % png,
           "set termoption noenhanced",
           "set datafile missing '?'",
           "set key top left",
           "set grid ytics",
-          "set multiplot layout 3,2 title 'ctxvars benchmark (%s)'" % os.path.basename(
+          "set multiplot layout 4,2 title 'ctxvars benchmark (%s)'" % os.path.basename(
               os.path.abspath(results_dir))]
     for a, path in bar_files:
         gp += ["set title 'ns per operation, %s (log scale; lower is better)'" % a,
@@ -689,6 +777,20 @@ def write_plot(results_dir, runs, rsses, out):
                "set xlabel ''", "set ylabel 'million tasks per second'", "set key top right",
                "set title 'thread pool, tasks reading two variables (higher is better)'",
                "plot for [c=2:3] '%s' using c:xtic(1) title columnhead" % pool]
+    if cb_allocs:
+        n = len(cb_allocs)
+        gp += ["unset logscale", "set autoscale", "set yrange [0:*]", "set xrange [*:*]",
+               "set style data histogram", "set style histogram clustered gap 1",
+               "set style fill solid 0.8 border -1", "set xtics rotate by -20",
+               "set xlabel ''", "set ylabel 'ns'", "set key top left",
+               "set title 'watchers, change handlers, cv_task: ns per operation, plain row vs with"
+               " (lower is better)'",
+               "plot " + ", ".join("'%s' using %d:xtic(1) title columnhead" % (callbacks, 2 + 3 * i + k)
+                                   for i in range(n) for k in (0, 1))]
+        gp += ["set ylabel 'with / plain'", "set key top left",
+               "set title 'overhead as a ratio to the plain row of the same run (1 = free)'",
+               "plot " + ", ".join("'%s' using %d:xtic(1) title columnhead" % (callbacks, 4 + 3 * i)
+                                   for i in range(n)) + ", 1 with lines notitle lc rgb 'black' dt 3"]
     gp += ["unset multiplot"]
     script = os.path.join(pdir, "bench.gp")
     with open(script, "w") as f:
@@ -763,6 +865,7 @@ def main():
                        " threshold can flip between runs" % (a, 100 * cvs[len(cvs) // 2],
                                                              100 * cvs[int(len(cvs) * 0.9)]))
     section_single(runs, out)
+    section_callbacks(runs, out)
     section_targets(runs, mems, rsses, out)
     section_scaling(runs, out)
     section_pool(runs, out)

@@ -1,0 +1,83 @@
+/*
+ * Instruction counts for bench/ab.sh: one operation repeated N times, run
+ * under callgrind for two values of N, so that the difference divided by
+ * the difference of N is the instructions one operation executes,
+ * start-up excluded. On a shared virtual machine without hardware
+ * counters this is the one figure that does not move with the load: it
+ * tells a few instructions more from a busy neighbour.
+ *
+ * Uses only API that every 0.x version of the library has, so ab.sh can
+ * build it against any commit's static library and header.
+ *
+ *   ab_ops MODE N    MODE: run, enter_exit, set_reset, copy_release, get
+ */
+#include <ctxvars.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void empty(void *arg)
+{
+    __asm__ volatile("" : : "r"(arg) : "memory");
+}
+
+static void fail(const char *what)
+{
+    fprintf(stderr, "ab_ops: %s failed\n", what);
+    exit(1);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: ab_ops run|enter_exit|set_reset|copy_release|get N\n");
+        return 2;
+    }
+    const char *mode = argv[1];
+    long n = atol(argv[2]);
+    cv_var_t *var = cv_var_new("x", NULL);
+    cv_context_t *ctx = cv_context_new();
+    if (!var || !ctx || cv_context_enter(ctx) != CV_OK || cv_set(var, (void *)1, NULL) != CV_OK ||
+        cv_context_exit(ctx) != CV_OK)
+        fail("setup");
+    if (strcmp(mode, "run") == 0) {
+        for (long i = 0; i < n; i++)
+            if (cv_context_run(ctx, empty, NULL) != CV_OK)
+                fail("cv_context_run");
+    } else if (strcmp(mode, "enter_exit") == 0) {
+        for (long i = 0; i < n; i++)
+            if (cv_context_enter(ctx) != CV_OK || cv_context_exit(ctx) != CV_OK)
+                fail("enter/exit");
+    } else if (strcmp(mode, "set_reset") == 0) {
+        if (cv_context_enter(ctx) != CV_OK)
+            fail("cv_context_enter");
+        for (long i = 0; i < n; i++) {
+            cv_token_t token;
+            if (cv_set(var, (void *)42, &token) != CV_OK || cv_reset(var, &token) != CV_OK)
+                fail("set/reset");
+        }
+    } else if (strcmp(mode, "copy_release") == 0) {
+        if (cv_context_enter(ctx) != CV_OK)
+            fail("cv_context_enter");
+        for (long i = 0; i < n; i++) {
+            cv_context_t *copy = cv_copy_context();
+            if (!copy)
+                fail("cv_copy_context");
+            cv_context_release(copy);
+        }
+    } else if (strcmp(mode, "get") == 0) {
+        if (cv_context_enter(ctx) != CV_OK)
+            fail("cv_context_enter");
+        void *value = NULL;
+        for (long i = 0; i < n; i++) {
+            if (cv_get(var, &value) != CV_OK)
+                fail("cv_get");
+            __asm__ volatile("" : : "r"(value) : "memory");
+        }
+    } else {
+        fprintf(stderr, "ab_ops: unknown mode %s\n", mode);
+        return 2;
+    }
+    return 0;
+}
