@@ -4,8 +4,7 @@
  * Registrations change rarely and switches happen all the time, so the
  * switch path takes no lock and, with nothing registered, only loads one
  * read-mostly word. Watchers sit in a fixed array of slots; variables with
- * handlers in an immutable array that registrations replace (copy on
- * write).
+ * handlers in a list that callers walk without a lock.
  *
  * Unregistering must guarantee that no call is under way afterwards: the
  * caller frees the watcher's data, or the handler's variable goes away.
@@ -19,12 +18,12 @@
  * side's fence is free).
  *
  * What was withdrawn stays unsettled until such a wait has passed: a
- * watcher's slot is not reused, a replaced handler set is not freed. The
+ * watcher's slot is not reused, an unlinked variable is not dropped. The
  * wait happens outside the registration lock, and never inside callbacks:
  * two threads whose callbacks each waited for the other would deadlock. So
  * a withdrawal made from inside a callback returns at once, and what it
  * leaves unsettled is settled by the next wait made outside one (another
- * withdrawal, a registration, or cv_reclaim_barrier).
+ * withdrawal, or cv_reclaim_barrier).
  */
 #include "callbacks.h"
 
@@ -48,42 +47,23 @@ struct watcher_slot {
 };
 static struct watcher_slot watchers[CV_MAX_WATCHERS];
 
-/* The variables with handlers, registered or not yet dropped: each set
- * holds a reference to every variable in it. Unregistering clears the
- * variable's flag, which the calls check, and then builds a set without
- * it; if memory is short for that, the variable stays in the set, skipped,
- * until the next set is built. */
-struct handler_set {
-    struct handler_set *next_unsettled;
-    size_t count;
-    cv_var_t *vars[];
-};
-static _Atomic(struct handler_set *) handlers;
+/* The variables with handlers, linked through next_handler (newest
+ * first); the list holds a reference to each. Registering and
+ * unregistering allocate nothing, so neither can fail for lack of memory:
+ * an unlinked variable keeps its own next pointer, so a caller standing on
+ * it walks on, and it stays allocated until it is settled. */
+static _Atomic(cv_var_t *) handlers;
 
 static unsigned unsettled_slots;
-static struct handler_set *unsettled_sets;
+static cv_var_t *unsettled_vars; /* linked through next_unsettled */
 
-static size_t handler_set_size(size_t count)
+static void unref_vars(cv_var_t *var)
 {
-    return sizeof(struct handler_set) + count * sizeof(cv_var_t *);
-}
-
-static void handler_sets_free(struct handler_set *set)
-{
-    while (set) {
-        struct handler_set *next = set->next_unsettled;
-        for (size_t i = 0; i < set->count; i++)
-            cvi_var_unref(set->vars[i]);
-        cvi_free(set, handler_set_size(set->count));
-        set = next;
+    while (var) {
+        cv_var_t *next = var->next_unsettled;
+        cvi_var_unref(var);
+        var = next;
     }
-}
-
-/* Relaxed: read after begin_callbacks' fence, written before settle()'s
- * fence (the Dekker handshake above). */
-static bool handler_live(const cv_var_t *var)
-{
-    return atomic_load_explicit(&var->handler_registered, memory_order_relaxed);
 }
 
 /* ------------------------------------------------------------- the calls */
@@ -122,12 +102,9 @@ static void diff_handlers(cv_context_t *from, cv_context_t *to)
     cvi_hamt_node *to_root = cvi_context_owned_root(to);
     if (from_root == to_root)
         return;
-    /* Acquire: the set's contents were written before it was published. */
-    struct handler_set *set = atomic_load_explicit(&handlers, memory_order_acquire);
-    for (size_t i = 0; set && i < set->count; i++) {
-        cv_var_t *var = set->vars[i];
-        if (!handler_live(var))
-            continue;
+    /* Acquire: a variable's fields were written before it was linked. */
+    for (cv_var_t *var = atomic_load_explicit(&handlers, memory_order_acquire); var;
+         var = atomic_load_explicit(&var->next_handler, memory_order_acquire)) {
         void *old_value = NULL, *new_value = NULL;
         bool had_old = cvi_hamt_find(from_root, var, var->head.hash, &old_value);
         bool has_new = cvi_hamt_find(to_root, var, var->head.hash, &new_value);
@@ -160,7 +137,9 @@ void cvi_change_notify(cv_var_t *var, cv_change_cause_t cause, bool had_old, voi
 {
     struct cvi_thread *thread = &cvi_thread_state;
     begin_callbacks(thread);
-    if (handler_live(var))
+    /* Relaxed: read after begin_callbacks' fence, cleared before settle()'s
+     * (the Dekker handshake above). */
+    if (atomic_load_explicit(&var->handler_registered, memory_order_relaxed))
         call_handler(var, cause, had_old, old_value, has_new, new_value);
     end_callbacks(thread);
 }
@@ -173,15 +152,15 @@ static void settle(void)
 {
     pthread_mutex_lock(&registration_lock);
     unsigned slots = unsettled_slots;
-    struct handler_set *sets = unsettled_sets;
-    unsettled_sets = NULL;
+    cv_var_t *vars = unsettled_vars;
+    unsettled_vars = NULL;
     pthread_mutex_unlock(&registration_lock);
     cvi_fence_rare();
     cvi_thread_wait_callbacks();
     pthread_mutex_lock(&registration_lock);
     unsettled_slots &= ~slots;
     pthread_mutex_unlock(&registration_lock);
-    handler_sets_free(sets);
+    unref_vars(vars);
 }
 
 void cvi_callbacks_settle(void)
@@ -255,54 +234,18 @@ cv_status_t cv_watcher_remove(int id)
     return CV_OK;
 }
 
-/* Publishes the live variables of the current set plus `added` (if not
- * NULL) as a new set; the old one is left unsettled. False if memory is
- * short: nothing changed. Under the lock. */
-static bool rebuild_handler_set(cv_var_t *added)
+void cvi_handler_register(cv_var_t *var)
 {
-    struct handler_set *old = atomic_load_explicit(&handlers, memory_order_relaxed);
-    size_t count = added != NULL;
-    for (size_t i = 0; old && i < old->count; i++)
-        count += handler_live(old->vars[i]);
-    struct handler_set *set = count ? cvi_alloc(handler_set_size(count)) : NULL;
-    if (count && !set)
-        return false;
-    if (set) {
-        set->next_unsettled = NULL;
-        set->count = 0;
-        for (size_t i = 0; old && i < old->count; i++)
-            if (handler_live(old->vars[i]))
-                set->vars[set->count++] = old->vars[i];
-        if (added)
-            set->vars[set->count++] = added;
-        for (size_t i = 0; i < set->count; i++)
-            cvi_var_ref(set->vars[i]);
-    }
-    /* Release: the set's contents before its pointer. */
-    atomic_store_explicit(&handlers, set, memory_order_release);
-    if (set)
-        update_active(CVI_HANDLERS_ACTIVE, 0);
-    else
-        update_active(0, CVI_HANDLERS_ACTIVE);
-    if (old) {
-        old->next_unsettled = unsettled_sets;
-        unsettled_sets = old;
-    }
-    return true;
-}
-
-bool cvi_handler_register(cv_var_t *var)
-{
+    cvi_var_ref(var);
     pthread_mutex_lock(&registration_lock);
-    /* Relaxed: published with the set, under the lock. */
     atomic_store_explicit(&var->handler_registered, true, memory_order_relaxed);
-    bool registered = rebuild_handler_set(var);
-    if (!registered)
-        atomic_store_explicit(&var->handler_registered, false, memory_order_relaxed);
+    atomic_store_explicit(&var->next_handler,
+                          atomic_load_explicit(&handlers, memory_order_relaxed),
+                          memory_order_relaxed);
+    /* Release: the variable's fields before its link. */
+    atomic_store_explicit(&handlers, var, memory_order_release);
+    update_active(CVI_HANDLERS_ACTIVE, 0);
     pthread_mutex_unlock(&registration_lock);
-    if (registered)
-        cvi_callbacks_settle();
-    return registered;
 }
 
 void cvi_handler_unregister(cv_var_t *var)
@@ -310,7 +253,18 @@ void cvi_handler_unregister(cv_var_t *var)
     pthread_mutex_lock(&registration_lock);
     /* Relaxed: settle()'s fence orders it before the wait. */
     atomic_store_explicit(&var->handler_registered, false, memory_order_relaxed);
-    rebuild_handler_set(NULL);
+    _Atomic(cv_var_t *) *link = &handlers;
+    while (atomic_load_explicit(link, memory_order_relaxed) != var)
+        link = &atomic_load_explicit(link, memory_order_relaxed)->next_handler;
+    /* Release: a reader that follows the new link sees the successor's
+     * fields (we hold the lock its registration released). Readers that
+     * loaded the old one may still reach var, kept until settled. */
+    atomic_store_explicit(link, atomic_load_explicit(&var->next_handler, memory_order_relaxed),
+                          memory_order_release);
+    if (!atomic_load_explicit(&handlers, memory_order_relaxed))
+        update_active(0, CVI_HANDLERS_ACTIVE);
+    var->next_unsettled = unsettled_vars;
+    unsettled_vars = var;
     pthread_mutex_unlock(&registration_lock);
     cvi_callbacks_settle();
 }

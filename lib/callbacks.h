@@ -43,10 +43,10 @@ static inline void cvi_switch_notify(struct cvi_thread *thread, cv_switch_event_
 void cvi_change_notify(cv_var_t *var, cv_change_cause_t cause, bool had_old, void *old_value,
                        bool has_new, void *new_value);
 
-/* Registers a variable that has a change handler; false if memory is
- * short. Unregistering waits until no call of the handler is under way on
- * another thread. */
-bool cvi_handler_register(cv_var_t *var);
+/* Registers a variable that has a change handler (allocates nothing).
+ * Unregistering waits until no call of the handler is under way on another
+ * thread, unless called from inside callbacks. */
+void cvi_handler_register(cv_var_t *var);
 void cvi_handler_unregister(cv_var_t *var);
 
 /* Waits out the calls that may still use what was unregistered from

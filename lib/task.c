@@ -6,7 +6,6 @@
  * reference count traffic for the switch) and drops it afterwards, so the
  * whole propagation costs one copy, one run and one release.
  */
-#include "callbacks.h"
 #include "context.h"
 #include "thread.h"
 
@@ -51,13 +50,19 @@ cv_status_t cv_task_run(cv_task_t *task)
 {
     if (!task || !task->cv_private_context)
         return CV_EINVAL;
-    if (cvi_in_callbacks())
-        return CV_EBUSY;
+    /* Emptied first: fn may free the memory the task lives in (a pool's
+     * task record often frees itself). */
     cv_task_t taken = *task;
     *task = (cv_task_t){0};
     cv_status_t status = cv_context_run(taken.cv_private_context, taken.cv_private_fn,
                                         taken.cv_private_arg);
-    cv_context_release(taken.cv_private_context);
+    if (status == CV_OK || status == CV_ENOTCURRENT) {
+        cv_context_release(taken.cv_private_context);
+        return status;
+    }
+    /* fn was not called (no memory to enter, or inside a callback): the
+     * task is given back whole, to run later. */
+    *task = taken;
     return status;
 }
 

@@ -140,10 +140,8 @@ cv_var_t *cv_var_new(const char *name, const cv_var_opts_t *opts)
     }
     var->head.hash = variable_hash(var);
     atomic_init(&var->refs, 1);
-    if (var->on_change && !cvi_handler_register(var)) {
-        cvi_var_unref(var);
-        return NULL;
-    }
+    if (var->on_change)
+        cvi_handler_register(var);
     return var;
 }
 

@@ -29,6 +29,8 @@ struct cv_var {
     void *on_change_data;
     /* Cleared by cv_var_release: its handler is not called after that. */
     atomic_bool handler_registered;
+    _Atomic(struct cv_var *) next_handler; /* the registry's list (callbacks.c) */
+    struct cv_var *next_unsettled;
     char *name;
     size_t name_size;
     void *allocation; /* where the cache-line-aligned struct was carved from */

@@ -239,7 +239,14 @@ struct meddler {
     bool copied;
     int other_id;
     int calls;
+    cv_task_t task;
+    int task_runs;
 };
+
+static void count_runs(void *arg)
+{
+    (*(int *)arg)++;
+}
 
 static void meddle(cv_switch_event_t kind, cv_context_t *from, cv_context_t *to, void *data)
 {
@@ -253,11 +260,8 @@ static void meddle(cv_switch_event_t kind, cv_context_t *from, cv_context_t *to,
     m->enter = cv_context_enter(m->spare);
     m->exit = cv_context_exit(to);
     m->run = cv_context_run(m->spare, nothing, NULL);
-    cv_task_t task;
-    if (cv_task_init(&task, nothing, NULL) == CV_OK) {
-        m->task_run = cv_task_run(&task);
-        cv_task_discard(&task);
-    }
+    if (cv_task_init(&m->task, count_runs, &m->task_runs) == CV_OK)
+        m->task_run = cv_task_run(&m->task);
     m->value_seen = cv_get_or(m->var, sentinel);
     m->len_seen = cv_context_len(to);
     cv_context_t *copy = cv_copy_context();
@@ -294,6 +298,11 @@ static void test_a_watcher_may_read_but_not_switch_or_write(void **state)
     assert_int_equal(m.exit, CV_EBUSY);
     assert_int_equal(m.run, CV_EBUSY);
     assert_int_equal(m.task_run, CV_EBUSY);
+    /* The refused task was given back whole. */
+    assert_int_equal(m.task_runs, 0);
+    assert_int_equal(cv_task_run(&m.task), CV_OK);
+    assert_int_equal(m.task_runs, 1);
+    assert_int_equal(cv_task_run(&m.task), CV_EINVAL);
     assert_string_equal(m.value_seen, "inside");
     assert_int_equal(m.len_seen, 1);
     assert_true(m.copied);

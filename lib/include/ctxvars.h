@@ -324,10 +324,12 @@ typedef struct cv_task {
 CV_EXPORT cv_status_t cv_task_init(cv_task_t *task, void (*fn)(void *arg), void *arg);
 
 /* Runs fn(arg) in the captured context on the calling thread (any thread),
- * then drops the context and empties the task: a task runs once. Returns
- * what cv_context_run returns (CV_ENOTCURRENT if fn left contexts
- * entered); CV_EINVAL for NULL or an empty task; CV_EBUSY inside a watcher
- * or change handler (the task is kept). */
+ * then drops the context: a task runs once. The task is emptied before fn
+ * is called, so fn may free the memory it lives in. Returns what
+ * cv_context_run returns: CV_OK, or CV_ENOTCURRENT if fn left contexts
+ * entered; CV_ENOMEM, or CV_EBUSY inside a watcher or change handler, when
+ * fn was not called, and the task is then given back unchanged. CV_EINVAL
+ * for NULL or an empty task. */
 CV_EXPORT cv_status_t cv_task_run(cv_task_t *task);
 
 /* Drops a task that will not run: releases its context and empties it.
@@ -394,7 +396,11 @@ CV_EXPORT extern __thread struct cv_private_lookup cv_private_lookup_state
 
 static inline bool cv_private_cached(cv_var_t *var, void **value)
 {
+#ifdef __cplusplus
+    const struct cv_private_var_head *head = reinterpret_cast<const struct cv_private_var_head *>(var);
+#else
     const struct cv_private_var_head *head = (const struct cv_private_var_head *)(const void *)var;
+#endif
     const struct cv_private_lookup *lookup = &cv_private_lookup_state;
     if (__builtin_expect(head->slot < lookup->cache_len, 1)) {
         const struct cv_private_cache_entry *entry = &lookup->cache[head->slot];
