@@ -582,19 +582,31 @@ static void op_discard(struct run *r, struct mtok *k)
     CHECK(r, atomic_load(&heap.calls) == calls, "cv_token_discard allocated");
 }
 
-enum make { MAKE_NEW, MAKE_COPY_CURRENT, MAKE_COPY_OF };
+enum make { MAKE_NEW, MAKE_COPY_CURRENT, MAKE_COPY_OF, MAKE_CAPTURE, MAKE_CAPTURE_SUPPRESSED };
+
+static cv_context_t *capture_suppressed(void)
+{
+    cv_flow_suppress();
+    cv_context_t *ctx = cv_capture_context();
+    cv_flow_restore();
+    return ctx;
+}
 
 static struct mctx *op_make(struct run *r, enum make how, struct mctx *src, const char *name)
 {
-    const struct mctx *like = how == MAKE_NEW ? NULL : how == MAKE_COPY_CURRENT ? current(r) : src;
+    const struct mctx *like = how == MAKE_NEW || how == MAKE_CAPTURE_SUPPRESSED ? NULL
+                              : how == MAKE_COPY_CURRENT || how == MAKE_CAPTURE ? current(r)
+                                                                                : src;
     struct mctx *m = new_model(r, name, like);
     if (how == MAKE_COPY_OF && !src->ctx)
         return m;
     for (int attempt = 0;; attempt++) {
         struct before b = before();
-        m->ctx = how == MAKE_NEW            ? cv_context_new()
-                 : how == MAKE_COPY_CURRENT ? cv_copy_context()
-                                            : cv_context_copy(src->ctx);
+        m->ctx = how == MAKE_NEW                  ? cv_context_new()
+                 : how == MAKE_COPY_CURRENT       ? cv_copy_context()
+                 : how == MAKE_CAPTURE            ? cv_capture_context()
+                 : how == MAKE_CAPTURE_SUPPRESSED ? capture_suppressed()
+                                                  : cv_context_copy(src->ctx);
         if (m->ctx) {
             check_mapping(r, m->ctx, m, "new context");
             if (like && like->ctx)
@@ -664,6 +676,49 @@ static void run_trampoline(void *arg)
     call->called = true;
     check_current(call->r, "inside run");
     call->body(call->r);
+}
+
+static void no_body(struct run *r)
+{
+    (void)r;
+}
+
+/* A task captured here and run here: a failed capture leaves an empty task,
+ * a failed run gives the task back, and a task runs once. */
+static void op_task(struct run *r)
+{
+    struct mctx *m = new_model(r, "task", current(r));
+    struct run_call call = {r, no_body, false};
+    cv_task_t task;
+    for (int attempt = 0;; attempt++) {
+        struct before b = before();
+        cv_status_t st = cv_task_init(&task, run_trampoline, &call);
+        if (st == CV_OK)
+            break;
+        CHECK(r, st == CV_ENOMEM, "cv_task_init: status %d", st);
+        CHECK(r, cv_task_run(&task) == CV_EINVAL, "a task that failed to capture ran");
+        failed_cleanly(r, b, !r->base_known, "cv_task_init");
+        if (!retry(r, attempt))
+            return;
+    }
+    for (int attempt = 0;; attempt++) {
+        struct before b = before();
+        r->stack[r->depth++] = m;
+        cv_status_t st = cv_task_run(&task);
+        r->depth--;
+        if (st == CV_OK) {
+            CHECK(r, call.called, "cv_task_run returned OK without calling fn");
+            CHECK(r, cv_task_run(&task) == CV_EINVAL, "a task ran twice");
+            return;
+        }
+        CHECK(r, st == CV_ENOMEM, "cv_task_run: status %d", st);
+        CHECK(r, !call.called, "cv_task_run failed after calling fn");
+        failed_cleanly(r, b, false, "cv_task_run");
+        if (!retry(r, attempt)) {
+            cv_task_discard(&task);
+            return;
+        }
+    }
 }
 
 static void op_run(struct run *r, struct mctx *m, void (*body)(struct run *r))
@@ -1081,6 +1136,14 @@ static void phase_threads(struct run *r)
     }
 }
 
+/* Captures, plain and with flow suppressed, and a task. */
+static void phase_tasks(struct run *r)
+{
+    op_make(r, MAKE_CAPTURE, NULL, "captured");
+    op_make(r, MAKE_CAPTURE_SUPPRESSED, NULL, "captured, flow suppressed");
+    op_task(r);
+}
+
 /* A plain thread whose first call enters a context. */
 static void phase_fresh_thread(struct run *r)
 {
@@ -1107,7 +1170,7 @@ static void cleanup(struct run *r)
 
 static void (*const phases[])(struct run *r) = {
     phase_variables, phase_in_place, phase_path_copy, phase_foreign,      phase_runs,
-    phase_deep,      phase_copies,   phase_threads,   phase_fresh_thread,
+    phase_deep,      phase_copies,   phase_tasks,     phase_threads,      phase_fresh_thread,
 };
 
 static void scenario(struct run *r)
