@@ -23,6 +23,8 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define MAX_EVENTS 16
 
@@ -432,6 +434,80 @@ static void test_removal_waits_for_calls_under_way(void **state)
     assert_true(calls > 0);
 }
 
+static __thread bool exit_inside_watcher;
+
+static void exit_thread(cv_switch_event_t kind, cv_context_t *from, cv_context_t *to, void *data)
+{
+    (void)kind, (void)from, (void)to, (void)data;
+    if (exit_inside_watcher)
+        pthread_exit(NULL);
+}
+
+static void *run_and_exit_inside(void *arg)
+{
+    exit_inside_watcher = true;
+    cv_context_run(arg, nothing, NULL); /* never returns */
+    return NULL;
+}
+
+static void test_a_thread_may_exit_inside_a_watcher(void **state)
+{
+    (void)state;
+    pthread_t thread;
+    int id;
+    cv_context_t *ctx = cv_context_new();
+    assert_int_equal(cv_watcher_add(exit_thread, NULL, &id), CV_OK);
+    assert_int_equal(pthread_create(&thread, NULL, run_and_exit_inside, ctx), 0);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    /* Removal must not wait for the thread that left inside its call. */
+    assert_int_equal(cv_watcher_remove(id), CV_OK);
+    /* The run was left, not finished: the context was given up. */
+    assert_int_equal(cv_context_run(ctx, nothing, NULL), CV_OK);
+    cv_context_release(ctx);
+}
+
+static atomic_bool churn_done;
+
+static void *churn_watchers(void *arg)
+{
+    (void)arg;
+    int calls = 0;
+    while (!atomic_load(&churn_done)) {
+        int id;
+        if (cv_watcher_add(count_calls, &calls, &id) == CV_OK)
+            cv_watcher_remove(id);
+    }
+    return NULL;
+}
+
+/* fork() while another thread registers and removes watchers: the child
+ * can register, switch and remove (no lock left held). */
+static void test_fork_while_watchers_churn(void **state)
+{
+    (void)state;
+    atomic_store(&churn_done, false);
+    pthread_t churner;
+    assert_int_equal(pthread_create(&churner, NULL, churn_watchers, NULL), 0);
+    for (int i = 0; i < 20; i++) {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            int calls = 0, id;
+            cv_context_t *ctx = cv_context_new();
+            bool ok = cv_watcher_add(count_calls, &calls, &id) == CV_OK &&
+                      cv_context_run(ctx, nothing, NULL) == CV_OK && calls == 2 &&
+                      cv_watcher_remove(id) == CV_OK;
+            _exit(ok ? 0 : 1);
+        }
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+    }
+    atomic_store(&churn_done, true);
+    assert_int_equal(pthread_join(churner, NULL), 0);
+}
+
 int main(void)
 {
     struct CMUnitTest tests[] = {
@@ -446,6 +522,8 @@ int main(void)
         cmocka_unit_test(test_a_watcher_may_remove_itself),
         cmocka_unit_test(test_thread_start_and_exit_are_not_switches),
         cmocka_unit_test(test_removal_waits_for_calls_under_way),
+        cmocka_unit_test(test_a_thread_may_exit_inside_a_watcher),
+        cmocka_unit_test(test_fork_while_watchers_churn),
     };
     return cv_test_run_selected("watchers", tests, sizeof(tests) / sizeof(tests[0]));
 }
