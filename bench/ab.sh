@@ -87,7 +87,8 @@ for round in $(seq 1 "$rounds"); do
     echo "=== round $round/$rounds: ${revs[$side]}"
     "${bins[$side]}" --benchmark_filter="$filter" --benchmark_repetitions=3 \
       --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 --cv_sizes=1 \
-      --benchmark_out="$out/side$side-round$round.json" --benchmark_out_format=json >/dev/null
+      --benchmark_out="$out/side$side-round$round.json" --benchmark_out_format=json >/dev/null \
+      2>>"$out/side$side.log" || { echo "${revs[$side]} failed:"; tail -20 "$out/side$side.log"; exit 1; }
   done
 done
 
