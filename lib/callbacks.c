@@ -112,8 +112,8 @@ static void diff_handlers(cv_context_t *from, cv_context_t *to)
     }
 }
 
-void cvi_switch_notify_slow(struct cvi_thread *thread, cv_switch_event_t event,
-                            cv_context_t *from, cv_context_t *to)
+void cvi_switch_notify(struct cvi_thread *thread, cv_switch_event_t event, cv_context_t *from,
+                       cv_context_t *to)
 {
     begin_callbacks(thread);
     /* Acquire: a slot's watcher and data were stored before its bit. */

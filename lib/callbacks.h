@@ -24,19 +24,21 @@ static inline bool cvi_in_callbacks(void)
     return atomic_load_explicit(&cvi_thread_state.callbacks_seq, memory_order_relaxed) & 1;
 }
 
-void cvi_switch_notify_slow(struct cvi_thread *thread, cv_switch_event_t event,
-                            cv_context_t *from, cv_context_t *to);
-
-/* Called after `thread` switched from `from` to `to`, while it still owns
- * both (an exited context is disowned only after this). */
-static inline void cvi_switch_notify(struct cvi_thread *thread, cv_switch_event_t event,
-                                     cv_context_t *from, cv_context_t *to)
+/* Whether any watcher or handler is registered: the switch path's only
+ * cost when none is. Relaxed: a registration that this load misses raced
+ * with the switch; the slow path fences before it looks again. */
+static inline bool cvi_callbacks_registered(void)
 {
-    /* Relaxed: a registration that this load misses raced with the switch;
-     * the slow path fences before it looks again. */
-    if (__builtin_expect(atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed) != 0, 0))
-        cvi_switch_notify_slow(thread, event, from, to);
+    return __builtin_expect(atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed) != 0,
+                            0);
 }
+
+/* Runs the watchers and handlers for a switch of `thread` from `from` to
+ * `to`, while it still owns both (an exited context is disowned only after
+ * this). Only after cvi_callbacks_registered(), so that the switch path
+ * does not even compute its arguments otherwise. */
+__attribute__((cold)) void cvi_switch_notify(struct cvi_thread *thread, cv_switch_event_t event,
+                                             cv_context_t *from, cv_context_t *to);
 
 /* Calls var's change handler, if it is still registered, for a change the
  * calling thread made by a set or reset. */

@@ -395,8 +395,9 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
         cv_context_retain(ctx);
     cvi_context_claimed(ctx);
     cvi_thread_view_changed();
-    cvi_switch_notify(thread, CV_SWITCH_ENTER, cvi_stack_context(thread->stack[thread->depth - 2]),
-                      ctx);
+    if (cvi_callbacks_registered())
+        cvi_switch_notify(thread, CV_SWITCH_ENTER,
+                          cvi_stack_context(thread->stack[thread->depth - 2]), ctx);
     return CV_OK;
 }
 
@@ -412,7 +413,9 @@ static void pop(struct cvi_thread *thread)
     cv_context_t *top = thread->stack[--thread->depth];
     cvi_thread_view_changed();
     /* Before the context is given up: callbacks read both maps as owned. */
-    cvi_switch_notify(thread, CV_SWITCH_EXIT, cvi_stack_context(top), cvi_thread_current(thread));
+    if (cvi_callbacks_registered())
+        cvi_switch_notify(thread, CV_SWITCH_EXIT, cvi_stack_context(top),
+                          cvi_thread_current(thread));
     if (cvi_stack_borrowed(top))
         cvi_context_disown(cvi_stack_context(top));
     else
