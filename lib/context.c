@@ -408,7 +408,7 @@ cv_status_t cv_context_enter(cv_context_t *ctx)
 
 /* Pops the top of the stack, dropping the stack's reference unless the
  * entry was lent by a run. */
-static void pop(struct cvi_thread *thread)
+__attribute__((always_inline)) static inline void pop(struct cvi_thread *thread)
 {
     cv_context_t *top = thread->stack[--thread->depth];
     cvi_thread_view_changed();
