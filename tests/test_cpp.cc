@@ -53,19 +53,19 @@ struct test_failure : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-/* The status of the cv::error that `f` throws, or -1 if it throws
+/* The status of the ctxvars::error that `f` throws, or -1 if it throws
  * nothing. */
 template <class F> int status_thrown(F &&f)
 {
     try {
         f();
-    } catch (const cv::error &e) {
+    } catch (const ctxvars::error &e) {
         return e.status();
     }
     return -1;
 }
 
-bool is_current(const cv::context &ctx)
+bool is_current(const ctxvars::context &ctx)
 {
     return cv_context_current() == ctx.native_handle();
 }
@@ -74,15 +74,15 @@ bool is_current(const cv::context &ctx)
 
 void test_cpp_error_carries_status()
 {
-    cv::context ctx;
-    cv::context_scope scope(ctx);
+    ctxvars::context ctx;
+    ctxvars::context_scope scope(ctx);
     try {
-        cv::context_scope again(ctx);
+        ctxvars::context_scope again(ctx);
         fail_msg("entering an entered context did not throw");
-    } catch (const cv::error &e) {
+    } catch (const ctxvars::error &e) {
         assert_int_equal(e.status(), CV_EBUSY);
-        assert_true(e.code() == cv::make_error_code(CV_EBUSY));
-        assert_true(&e.code().category() == &cv::category());
+        assert_true(e.code() == ctxvars::make_error_code(CV_EBUSY));
+        assert_true(&e.code().category() == &ctxvars::category());
         assert_true(e.code() == std::errc::device_or_resource_busy);
         assert_non_null(std::strstr(e.what(), "cv_context_enter"));
         assert_non_null(std::strstr(e.what(), cv_strerror(CV_EBUSY)));
@@ -92,16 +92,16 @@ void test_cpp_error_carries_status()
 
 void test_cpp_error_category()
 {
-    const std::error_category &category = cv::category();
+    const std::error_category &category = ctxvars::category();
     assert_string_equal(category.name(), "ctxvars");
     assert_string_equal(category.message(CV_ETOKEN_USED).c_str(), cv_strerror(CV_ETOKEN_USED));
     assert_non_null(std::strstr(category.message(1000).c_str(), "1000"));
-    assert_true(cv::make_error_code(CV_EINVAL) == std::errc::invalid_argument);
-    assert_true(cv::make_error_code(CV_ENOMEM) == std::errc::not_enough_memory);
-    assert_false(cv::make_error_code(CV_ENOVALUE) == std::errc::invalid_argument);
-    /* A cv::error is a std::system_error and a std::runtime_error. */
+    assert_true(ctxvars::make_error_code(CV_EINVAL) == std::errc::invalid_argument);
+    assert_true(ctxvars::make_error_code(CV_ENOMEM) == std::errc::not_enough_memory);
+    assert_false(ctxvars::make_error_code(CV_ENOVALUE) == std::errc::invalid_argument);
+    /* A ctxvars::error is a std::system_error and a std::runtime_error. */
     try {
-        throw cv::error(CV_ENOVALUE);
+        throw ctxvars::error(CV_ENOVALUE);
     } catch (const std::runtime_error &e) {
         assert_string_equal(e.what(), cv_strerror(CV_ENOVALUE));
     }
@@ -111,19 +111,19 @@ void test_cpp_error_category()
 
 void test_cpp_var_typed_get_set()
 {
-    cv::var<int> number("number", &one);
+    ctxvars::var<int> number("number", &one);
     assert_string_equal(number.name(), "number");
     assert_ptr_equal(number.get().value(), &one); /* the default */
     assert_ptr_equal(number.value(), &one);
     assert_ptr_equal(number.get_or(&three), &three); /* not the default */
 
-    cv::token<int> first = number.set(&two);
+    ctxvars::token<int> first = number.set(&two);
     assert_ptr_equal(number.value(), &two);
     assert_ptr_equal(number.get_or(&three), &two);
     assert_false(first.used());
     assert_false(first.old_value().has_value()); /* MISSING */
 
-    cv::token<int> second = number.set(nullptr); /* an ordinary value */
+    ctxvars::token<int> second = number.set(nullptr); /* an ordinary value */
     assert_true(number.get().has_value());
     assert_null(*number.get());
     assert_ptr_equal(second.old_value().value(), &two);
@@ -133,22 +133,22 @@ void test_cpp_var_typed_get_set()
     assert_ptr_equal(number.value(), &two);
     number.reset(first);
     assert_ptr_equal(number.value(), &one);
-    assert_false(cv::context::current().contains(number));
+    assert_false(ctxvars::context::current().contains(number));
 
     assert_int_equal(status_thrown([&] { number.reset(first); }), CV_ETOKEN_USED);
-    cv::var<int> other("other");
-    cv::token<int> foreign = other.set(&one);
+    ctxvars::var<int> other("other");
+    ctxvars::token<int> foreign = other.set(&one);
     assert_int_equal(status_thrown([&] { number.reset(foreign); }), CV_ETOKEN_VAR);
     other.reset(foreign);
 }
 
 void test_cpp_var_without_default()
 {
-    cv::var<const char> name("name");
+    ctxvars::var<const char> name("name");
     assert_false(name.get().has_value());
     assert_int_equal(status_thrown([&] { name.value(); }), CV_ENOVALUE);
     assert_null(name.get_or(nullptr));
-    cv::token<const char> t = name.set("alice");
+    ctxvars::token<const char> t = name.set("alice");
     assert_string_equal(name.value(), "alice");
     name.reset(t);
     assert_false(name.get().has_value());
@@ -159,49 +159,49 @@ void test_cpp_var_untyped_and_options()
     cv_var_opts_t options{};
     options.default_value = &three;
     options.has_default = true;
-    cv::var<void> raw("raw", options);
+    ctxvars::var<void> raw("raw", options);
     assert_ptr_equal(raw.value(), &three);
-    cv::scoped_set set(raw, &one);
+    ctxvars::scoped_set set(raw, &one);
     assert_ptr_equal(raw.value(), &one);
     void *out = nullptr;
     assert_int_equal(cv_get(raw.native_handle(), &out), CV_OK);
     assert_ptr_equal(out, &one);
-    assert_int_equal(status_thrown([] { cv::var<void> unnamed(nullptr); }), CV_EINVAL);
+    assert_int_equal(status_thrown([] { ctxvars::var<void> unnamed(nullptr); }), CV_EINVAL);
 }
 
 void test_cpp_var_and_token_move()
 {
-    cv::var<int> a("a");
-    cv::token<int> t = a.set(&one);
-    cv::var<int> b(std::move(a));
+    ctxvars::var<int> a("a");
+    ctxvars::token<int> t = a.set(&one);
+    ctxvars::var<int> b(std::move(a));
     assert_string_equal(b.name(), "a");
     assert_ptr_equal(b.value(), &one);
 
-    cv::token<int> moved(std::move(t));
+    ctxvars::token<int> moved(std::move(t));
     assert_true(t.used()); /* the moved-from token is empty */
     assert_false(moved.used());
-    cv::token<int> assigned;
+    ctxvars::token<int> assigned;
     assigned = std::move(moved);
     b.reset(assigned);
     assert_false(b.get().has_value());
 
-    cv::var<int> c("c");
+    ctxvars::var<int> c("c");
     c = std::move(b);
     assert_string_equal(c.name(), "a");
 }
 
 void test_cpp_token_discarded_not_reset()
 {
-    cv::var<int> v("v");
-    cv::context ctx;
+    ctxvars::var<int> v("v");
+    ctxvars::context ctx;
     {
-        cv::context_scope scope(ctx);
+        ctxvars::context_scope scope(ctx);
         {
-            cv::token<int> t = v.set(&one);
+            ctxvars::token<int> t = v.set(&one);
         }
         /* A token going out of scope drops itself; the set stays. */
         assert_ptr_equal(v.value(), &one);
-        cv::token<int> t = v.set(&two);
+        ctxvars::token<int> t = v.set(&two);
         t.discard();
         assert_true(t.used());
         assert_int_equal(status_thrown([&] { v.reset(t); }), CV_ETOKEN_USED);
@@ -214,21 +214,21 @@ void test_cpp_token_discarded_not_reset()
 
 void test_cpp_scoped_set_resets_on_normal_exit()
 {
-    cv::var<int> v("v", &three);
+    ctxvars::var<int> v("v", &three);
     {
-        cv::scoped_set set(v, &one);
+        ctxvars::scoped_set set(v, &one);
         assert_ptr_equal(v.value(), &one);
     }
     assert_ptr_equal(v.value(), &three);
-    assert_false(cv::context::current().contains(v)); /* removed, not set to the default */
+    assert_false(ctxvars::context::current().contains(v)); /* removed, not set to the default */
 }
 
 void test_cpp_scoped_set_resets_on_exception()
 {
-    cv::var<int> v("v");
-    cv::token<int> outer = v.set(&one);
+    ctxvars::var<int> v("v");
+    ctxvars::token<int> outer = v.set(&one);
     try {
-        cv::scoped_set set(v, &two);
+        ctxvars::scoped_set set(v, &two);
         throw test_failure("boom");
     } catch (const test_failure &) {
         assert_ptr_equal(v.value(), &one);
@@ -238,15 +238,15 @@ void test_cpp_scoped_set_resets_on_exception()
 
 void test_cpp_scoped_sets_nest()
 {
-    cv::var<int> v("v");
-    cv::var<int> w("w");
+    ctxvars::var<int> v("v");
+    ctxvars::var<int> w("w");
     {
-        cv::scoped_set a(v, &one);
+        ctxvars::scoped_set a(v, &one);
         {
-            cv::scoped_set b(v, &two);
-            cv::scoped_set c(w, &three);
+            ctxvars::scoped_set b(v, &two);
+            ctxvars::scoped_set c(w, &three);
             {
-                cv::scoped_set d(v, nullptr);
+                ctxvars::scoped_set d(v, nullptr);
                 assert_null(v.value());
             }
             assert_ptr_equal(v.value(), &two);
@@ -260,11 +260,11 @@ void test_cpp_scoped_sets_nest()
 
 void test_cpp_scoped_set_outliving_its_context_is_discarded()
 {
-    cv::var<int> v("v");
-    cv::context ctx;
-    std::optional<cv::scoped_set> set;
+    ctxvars::var<int> v("v");
+    ctxvars::context ctx;
+    std::optional<ctxvars::scoped_set> set;
     {
-        cv::context_scope scope(ctx);
+        ctxvars::context_scope scope(ctx);
         set.emplace(v, &one);
     }
     /* Destroyed in another context than its own: no reset, no throw. */
@@ -277,16 +277,16 @@ void test_cpp_scoped_set_outliving_its_context_is_discarded()
 
 void test_cpp_context_scope_enters_and_exits()
 {
-    cv::var<int> v("v");
-    cv::context before = cv::context::current();
-    cv::context ctx;
+    ctxvars::var<int> v("v");
+    ctxvars::context before = ctxvars::context::current();
+    ctxvars::context ctx;
     {
-        cv::context_scope scope(ctx);
+        ctxvars::context_scope scope(ctx);
         assert_true(is_current(ctx));
         v.set(&one);
         {
             /* A temporary: the scope keeps its own reference. */
-            cv::context_scope inner(cv::context::copy_current());
+            ctxvars::context_scope inner(ctxvars::context::copy_current());
             assert_false(is_current(ctx));
             assert_ptr_equal(v.value(), &one);
             v.set(&two);
@@ -300,29 +300,29 @@ void test_cpp_context_scope_enters_and_exits()
 
 void test_cpp_context_scope_exits_on_exception()
 {
-    cv::context before = cv::context::current();
-    cv::context ctx;
+    ctxvars::context before = ctxvars::context::current();
+    ctxvars::context ctx;
     try {
-        cv::context_scope scope(ctx);
+        ctxvars::context_scope scope(ctx);
         throw test_failure("boom");
     } catch (const test_failure &) {
         assert_true(is_current(before));
     }
     /* Exited: enterable again. */
-    cv::context_scope again(ctx);
+    ctxvars::context_scope again(ctx);
     assert_true(is_current(ctx));
 }
 
 void test_cpp_context_scope_failures()
 {
-    cv::context moved;
-    cv::context taker(std::move(moved));
+    ctxvars::context moved;
+    ctxvars::context taker(std::move(moved));
     assert_false(static_cast<bool>(moved));
-    assert_int_equal(status_thrown([&] { cv::context_scope scope(moved); }), CV_EINVAL);
+    assert_int_equal(status_thrown([&] { ctxvars::context_scope scope(moved); }), CV_EINVAL);
     /* The thread's base context is entered by its thread. */
-    cv::context base = cv::context::current();
+    ctxvars::context base = ctxvars::context::current();
     int status = -1;
-    std::thread thief([&] { status = status_thrown([&] { cv::context_scope scope(base); }); });
+    std::thread thief([&] { status = status_thrown([&] { ctxvars::context_scope scope(base); }); });
     thief.join();
     assert_int_equal(status, CV_EBUSY);
 }
@@ -331,8 +331,8 @@ void test_cpp_context_scope_failures()
 
 void test_cpp_run_results()
 {
-    cv::var<int> v("v");
-    cv::context ctx;
+    ctxvars::var<int> v("v");
+    ctxvars::context ctx;
     int answer = ctx.run([&] {
         v.set(&two);
         return 42;
@@ -342,15 +342,15 @@ void test_cpp_run_results()
     assert_false(v.get().has_value());
 
     bool called = false;
-    cv::run(ctx, [&] { called = true; });
+    ctxvars::run(ctx, [&] { called = true; });
     assert_true(called);
 
     auto prefix = [](const char *s, int n) { return std::string(s, n); };
-    std::string text = cv::run(ctx, prefix, "hello", 4);
+    std::string text = ctxvars::run(ctx, prefix, "hello", 4);
     assert_string_equal(text.c_str(), "hell");
 
     int target = 0;
-    int &ref = cv::run(ctx, [&]() -> int & { return target; });
+    int &ref = ctxvars::run(ctx, [&]() -> int & { return target; });
     assert_ptr_equal(&ref, &target);
 
     /* Any callable: a function pointer, a member pointer. */
@@ -361,14 +361,14 @@ void test_cpp_run_results()
             return ++n;
         }
     } c;
-    assert_int_equal(cv::run(ctx, &counter::bump, c), 1);
+    assert_int_equal(ctxvars::run(ctx, &counter::bump, c), 1);
     int (*twice)(int) = [](int x) { return x * 2; };
-    assert_int_equal(cv::run(ctx, twice, 21), 42);
+    assert_int_equal(ctxvars::run(ctx, twice, 21), 42);
 }
 
 void test_cpp_run_move_only_callable()
 {
-    cv::context ctx;
+    ctxvars::context ctx;
     auto owned = std::make_unique<int>(7);
     auto task = [p = std::move(owned)](std::unique_ptr<int> extra) mutable {
         return std::make_unique<int>(*p + *extra);
@@ -383,14 +383,14 @@ void test_cpp_run_move_only_callable()
             return 3;
         }
     };
-    assert_int_equal(cv::run(ctx, once{}), 3);
+    assert_int_equal(ctxvars::run(ctx, once{}), 3);
 }
 
 void test_cpp_run_propagates_exceptions()
 {
-    cv::var<int> v("v");
-    cv::context before = cv::context::current();
-    cv::context ctx;
+    ctxvars::var<int> v("v");
+    ctxvars::context before = ctxvars::context::current();
+    ctxvars::context ctx;
     try {
         ctx.run([&] {
             v.set(&one);
@@ -405,10 +405,10 @@ void test_cpp_run_propagates_exceptions()
     assert_false(v.get().has_value());
 
     /* Through nested runs, each exited on the way out. */
-    cv::context outer;
+    ctxvars::context outer;
     try {
         outer.run([&] {
-            cv::scoped_set set(v, &two);
+            ctxvars::scoped_set set(v, &two);
             ctx.run([] { throw std::out_of_range("deep"); });
         });
     } catch (const std::out_of_range &e) {
@@ -417,29 +417,29 @@ void test_cpp_run_propagates_exceptions()
     assert_true(is_current(before));
     assert_false(outer.contains(v)); /* the scoped_set was undone in outer */
     /* Neither is left entered. */
-    assert_int_equal(cv::run(ctx, [] { return 1; }) + cv::run(outer, [] { return 1; }), 2);
+    assert_int_equal(ctxvars::run(ctx, [] { return 1; }) + ctxvars::run(outer, [] { return 1; }), 2);
 }
 
 void test_cpp_run_busy_and_misuse()
 {
-    cv::context ctx;
+    ctxvars::context ctx;
     bool called = false;
     assert_int_equal(status_thrown([&] { ctx.run([&] { ctx.run([&] { called = true; }); }); }),
                      CV_EBUSY);
     assert_false(called);
 
     /* A run that leaves a context entered reports it, after exiting it. */
-    cv::context left;
-    cv::context before = cv::context::current();
+    ctxvars::context left;
+    ctxvars::context before = ctxvars::context::current();
     cv_status_t entered = CV_EINVAL;
     assert_int_equal(
         status_thrown([&] { ctx.run([&] { entered = cv_context_enter(left.native_handle()); }); }),
         CV_ENOTCURRENT);
     assert_int_equal(entered, CV_OK);
     assert_true(is_current(before));
-    cv::context_scope enterable(left);
+    ctxvars::context_scope enterable(left);
 
-    cv::context empty = cv::context::adopt(nullptr);
+    ctxvars::context empty = ctxvars::context::adopt(nullptr);
     assert_int_equal(status_thrown([&] { empty.run([] {}); }), CV_EINVAL);
     assert_int_equal(status_thrown([&] { empty.copy(); }), CV_EINVAL);
 }
@@ -448,28 +448,28 @@ void test_cpp_run_busy_and_misuse()
 
 void test_cpp_context_handles()
 {
-    cv::var<int> v("v");
-    cv::scoped_set set(v, &one);
+    ctxvars::var<int> v("v");
+    ctxvars::scoped_set set(v, &one);
 
-    cv::context current = cv::context::current();
+    ctxvars::context current = ctxvars::context::current();
     assert_true(is_current(current));
-    cv::context shared = current; /* the same context */
+    ctxvars::context shared = current; /* the same context */
     assert_ptr_equal(shared.native_handle(), current.native_handle());
 
-    cv::context copy = cv::context::copy_current();
-    cv::context captured = cv::context::capture();
+    ctxvars::context copy = ctxvars::context::copy_current();
+    ctxvars::context captured = ctxvars::context::capture();
     assert_ptr_not_equal(copy.native_handle(), current.native_handle());
     assert_true(copy == current);
     assert_true(captured == current);
     assert_ptr_equal(*copy.get(v), &one);
 
-    cv::context independent = copy.copy();
+    ctxvars::context independent = copy.copy();
     independent.run([&] { v.set(&two); });
     assert_true(independent != copy);
     assert_ptr_equal(copy.at(v), &one);
     assert_ptr_equal(independent.at(v), &two);
 
-    cv::context fresh;
+    ctxvars::context fresh;
     assert_true(fresh.empty());
     assert_int_equal(fresh.size(), 0);
     assert_false(fresh.get(v).has_value());
@@ -484,15 +484,15 @@ void test_cpp_context_handles()
     assert_ptr_equal(independent.native_handle(), copy.native_handle());
     cv_context_t *raw = independent.detach();
     assert_false(static_cast<bool>(independent));
-    cv::context back = cv::context::adopt(raw);
-    cv::context again = cv::context::retain(raw);
+    ctxvars::context back = ctxvars::context::adopt(raw);
+    ctxvars::context again = ctxvars::context::retain(raw);
     assert_ptr_equal(back.native_handle(), again.native_handle());
 }
 
 void test_cpp_context_iteration()
 {
-    cv::var<int> a("a"), b("b"), c("c");
-    cv::context ctx;
+    ctxvars::var<int> a("a"), b("b"), c("c");
+    ctxvars::context ctx;
     ctx.run([&] {
         a.set(&one);
         b.set(&two);
@@ -507,7 +507,7 @@ void test_cpp_context_iteration()
     assert_true(seen == expected);
 
     /* The iterator reads a snapshot taken by begin(). */
-    cv::context::iterator it = ctx.begin();
+    ctxvars::context::iterator it = ctx.begin();
     ctx.run([&] {
         a.set(&three);
         b.set(&three);
@@ -523,11 +523,11 @@ void test_cpp_context_iteration()
 
     /* A standard input range. */
     assert_int_equal(std::count_if(ctx.begin(), ctx.end(),
-                                   [&](const cv::context::item &i) { return i.value == &three; }),
+                                   [&](const ctxvars::context::item &i) { return i.value == &three; }),
                      3);
-    cv::context empty;
+    ctxvars::context empty;
     assert_true(empty.begin() == empty.end());
-    std::vector<cv::context::item> items(ctx.begin(), ctx.end());
+    std::vector<ctxvars::context::item> items(ctx.begin(), ctx.end());
     assert_int_equal(items.size(), 3);
 }
 
@@ -543,14 +543,14 @@ void run_on_thread(const std::function<void()> &task)
 
 void test_cpp_captured_on_another_thread()
 {
-    cv::var<const char> request("request");
-    cv::scoped_set set(request, "req-42");
+    ctxvars::var<const char> request("request");
+    ctxvars::scoped_set set(request, "req-42");
 
     struct observations {
         std::optional<const char *> before, after_set, after_task;
         bool threw = false;
     } seen;
-    std::function<void()> task = cv::wrap([&] {
+    std::function<void()> task = ctxvars::wrap([&] {
         seen.before = request.get();
         request.set("changed-by-task");
         seen.after_set = request.get();
@@ -571,21 +571,21 @@ void test_cpp_captured_on_another_thread()
 
     /* std::thread takes a wrapper directly. */
     std::optional<const char *> direct;
-    std::thread t(cv::wrap([&] { direct = request.get(); }));
+    std::thread t(ctxvars::wrap([&] { direct = request.get(); }));
     t.join();
     assert_string_equal(direct.value(), "req-42");
 }
 
 void test_cpp_captured_copies_run_at_once()
 {
-    cv::var<int> v("v");
-    cv::var<int> mine("mine");
-    cv::scoped_set set(v, &one);
+    ctxvars::var<int> v("v");
+    ctxvars::var<int> mine("mine");
+    ctxvars::scoped_set set(v, &one);
     constexpr int threads = 4;
     std::atomic<int> inside{0};
     std::atomic<int> bad{0};
     int slots[threads];
-    std::function<void(int)> task = cv::wrap([&](int i) {
+    std::function<void(int)> task = ctxvars::wrap([&](int i) {
         if (v.get_or(nullptr) != &one || mine.get().has_value())
             bad++;
         mine.set(&slots[i]);
@@ -618,13 +618,13 @@ void test_cpp_captured_copies_run_at_once()
 
 void test_cpp_captured_calls_start_from_capture()
 {
-    cv::var<int> counter("counter", &one);
-    auto task = cv::wrap([&] {
+    ctxvars::var<int> counter("counter", &one);
+    auto task = ctxvars::wrap([&] {
         int *before = counter.value();
         counter.set(&two);
         return before;
     });
-    cv::scoped_set later(counter, &three); /* after the capture: not seen */
+    ctxvars::scoped_set later(counter, &three); /* after the capture: not seen */
     assert_ptr_equal(task(), &one);
     assert_ptr_equal(task(), &one); /* the first call's set stayed in its copy */
     assert_false(task.context().contains(counter));
@@ -636,17 +636,17 @@ void test_cpp_captured_calls_start_from_capture()
 
 void test_cpp_captured_move_only_and_exceptions()
 {
-    cv::var<int> v("v");
-    cv::context before = cv::context::current();
-    cv::scoped_set set(v, &one);
+    ctxvars::var<int> v("v");
+    ctxvars::context before = ctxvars::context::current();
+    ctxvars::scoped_set set(v, &one);
     auto owned = std::make_unique<int>(5);
-    auto task = cv::wrap([p = std::move(owned), &v](int add) { return *p + add + *v.value(); });
+    auto task = ctxvars::wrap([p = std::move(owned), &v](int add) { return *p + add + *v.value(); });
     static_assert(!std::is_copy_constructible_v<decltype(task)>);
     auto moved = std::move(task);
     assert_int_equal(std::move(moved)(2), 8);
 
     auto throwing =
-        cv::wrap([](const std::string &message) -> int { throw std::invalid_argument(message); });
+        ctxvars::wrap([](const std::string &message) -> int { throw std::invalid_argument(message); });
     try {
         throwing("bad task");
         fail_msg("the exception was lost");
@@ -660,28 +660,28 @@ void test_cpp_captured_move_only_and_exceptions()
 
 void test_cpp_flow_suppression()
 {
-    cv::var<int> v("v");
-    cv::scoped_set set(v, &one);
-    assert_false(cv::flow_suppressed());
+    ctxvars::var<int> v("v");
+    ctxvars::scoped_set set(v, &one);
+    assert_false(ctxvars::flow_suppressed());
     std::optional<std::function<std::optional<int *>()>> suppressed;
     {
-        cv::flow_suppression guard;
-        assert_true(cv::flow_suppressed());
+        ctxvars::flow_suppression guard;
+        assert_true(ctxvars::flow_suppressed());
         {
-            cv::flow_suppression nested;
-            assert_true(cv::flow_suppressed());
+            ctxvars::flow_suppression nested;
+            assert_true(ctxvars::flow_suppressed());
         }
-        assert_true(cv::flow_suppressed());
-        suppressed = cv::wrap([&] { return v.get(); });
-        assert_true(cv::context::capture().empty());
+        assert_true(ctxvars::flow_suppressed());
+        suppressed = ctxvars::wrap([&] { return v.get(); });
+        assert_true(ctxvars::context::capture().empty());
         /* The thread's own values are untouched, and so are plain copies. */
         assert_ptr_equal(v.value(), &one);
-        assert_true(cv::context::copy_current().contains(v));
+        assert_true(ctxvars::context::copy_current().contains(v));
     }
-    assert_false(cv::flow_suppressed());
+    assert_false(ctxvars::flow_suppressed());
     assert_false((*suppressed)().has_value());
 
-    auto flowing = cv::wrap([&] { return v.get(); });
+    auto flowing = ctxvars::wrap([&] { return v.get(); });
     assert_ptr_equal(flowing().value(), &one);
 }
 

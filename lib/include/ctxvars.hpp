@@ -5,22 +5,22 @@
  * standard library, and exceptions enabled.
  *
  * Errors: a C call that fails with CV_ENOMEM throws std::bad_alloc, as
- * standard containers do; any other failing status throws cv::error,
+ * standard containers do; any other failing status throws ctxvars::error,
  * which carries the cv_status_t. A constructor of the C API that returns
  * NULL is reported as std::bad_alloc. Destructors never throw.
  *
- * Handles (cv::context, cv::var, cv::token) own one reference, or one
+ * Handles (ctxvars::context, ctxvars::var, ctxvars::token) own one reference, or one
  * token, and release it when destroyed. A moved-from handle holds nothing
  * and may only be assigned to or destroyed. Like std::shared_ptr, a
  * `const` handle can still change what it refers to: const applies to the
  * handle, not to the context's contents. As with std::shared_ptr, distinct
  * handles of one context may be used on different threads at once.
  *
- * Guards (cv::scoped_set, cv::context_scope, cv::flow_suppression) act
+ * Guards (ctxvars::scoped_set, ctxvars::context_scope, ctxvars::flow_suppression) act
  * on the thread that constructs them and must be destroyed on that
  * thread, in reverse order of construction, as a std::lock_guard is.
  *
- * Callables run through cv::run or cv::captured never unwind through the
+ * Callables run through ctxvars::run or ctxvars::captured never unwind through the
  * library's C frames: an exception is caught at the C boundary, the C call
  * returns (restoring the caller's context) and the exception is rethrown
  * to the caller. Thread cancellation (pthread_cancel) inside such a
@@ -43,13 +43,13 @@
 #include <type_traits>
 #include <utility>
 
-namespace cv
+namespace ctxvars
 {
 
 namespace detail
 {
 
-/** The std::error_category behind cv::category(). */
+/** The std::error_category behind ctxvars::category(). */
 class status_category final : public std::error_category
 {
   public:
@@ -93,12 +93,12 @@ class status_category final : public std::error_category
 inline const std::error_category &category() noexcept
 {
     /* Never destroyed: destructors of other statics, a thread pool's at
-     * exit say, may still throw cv::error. */
+     * exit say, may still throw ctxvars::error. */
     static const detail::status_category *const instance = new detail::status_category;
     return *instance;
 }
 
-/** A std::error_code for `status` in cv::category(). */
+/** A std::error_code for `status` in ctxvars::category(). */
 inline std::error_code make_error_code(cv_status_t status) noexcept
 {
     return std::error_code(static_cast<int>(status), category());
@@ -116,7 +116,8 @@ class error : public std::system_error
     {
     }
 
-    /** @param call the C function that failed, named by what(). */
+    /** @param status the status the C call returned.
+     *  @param call the C function that failed, named by what(). */
     error(cv_status_t status, const char *call)
         : std::system_error(make_error_code(status), call), status_(status)
     {
@@ -271,10 +272,10 @@ std::invoke_result_t<F, Args...> run_in(cv_context_t *ctx, F &&f, Args &&...args
 template <class T> class var;
 
 /**
- * The token of one set of a cv::var<T>, for var<T>::reset (Python's
+ * The token of one set of a ctxvars::var<T>, for var<T>::reset (Python's
  * Token). Move-only. Destroying a token that was not used discards it
  * (cv_token_discard): the set stays. To undo a set on scope exit, use
- * cv::scoped_set.
+ * ctxvars::scoped_set.
  */
 template <class T> class token
 {
@@ -346,24 +347,24 @@ template <class T> class token
 template <class T> class var
 {
     static_assert(!std::is_reference_v<T> && !std::is_function_v<T>,
-                  "cv::var<T> holds T *: T must be an object type or void");
+                  "ctxvars::var<T> holds T *: T must be an object type or void");
 
   public:
     /** A variable without a default (var.get() raises LookupError).
-     * @throws cv::error CV_EINVAL if `name` is null; std::bad_alloc */
+     * @throws ctxvars::error CV_EINVAL if `name` is null; std::bad_alloc */
     explicit var(const char *name) : var(name, cv_var_opts_t{})
     {
     }
 
     /** A variable whose get() falls back to `default_value`, which the
-     * caller keeps alive. @throws cv::error CV_EINVAL if `name` is null;
+     * caller keeps alive. @throws ctxvars::error CV_EINVAL if `name` is null;
      * std::bad_alloc */
     var(const char *name, T *default_value) : var(name, default_options(default_value))
     {
     }
 
     /** A variable with the C options: default, retain/release hooks,
-     * change handler. @throws cv::error CV_EINVAL if `name` is null;
+     * change handler. @throws ctxvars::error CV_EINVAL if `name` is null;
      * std::bad_alloc */
     var(const char *name, const cv_var_opts_t &options) : var_(make(name, options))
     {
@@ -406,7 +407,7 @@ template <class T> class var
         return static_cast<T *>(out);
     }
 
-    /** Like get(), as Python's var.get(): @throws cv::error CV_ENOVALUE
+    /** Like get(), as Python's var.get(): @throws ctxvars::error CV_ENOVALUE
      * when there is neither a value nor a default. */
     T *value() const
     {
@@ -423,7 +424,7 @@ template <class T> class var
     }
 
     /** Sets the variable in the current context; the token can undo it.
-     * @throws std::bad_alloc (nothing changed); cv::error CV_EBUSY inside a
+     * @throws std::bad_alloc (nothing changed); ctxvars::error CV_EBUSY inside a
      * change handler or switch watcher */
     token<T> set(T *value) const
     {
@@ -433,7 +434,7 @@ template <class T> class var
     }
 
     /** Undoes the set that made `used_token` (Python's var.reset).
-     * @throws cv::error CV_ETOKEN_USED, CV_ETOKEN_VAR, CV_ETOKEN_CONTEXT (the
+     * @throws ctxvars::error CV_ETOKEN_USED, CV_ETOKEN_VAR, CV_ETOKEN_CONTEXT (the
      * current context is not the one of the set); std::bad_alloc (nothing
      * changed, the token stays live) */
     void reset(token<T> &used_token) const
@@ -483,13 +484,13 @@ class context
         void *value;
 
         /** Whether this pair is the value of `v`. */
-        template <class T> bool is(const cv::var<T> &v) const noexcept
+        template <class T> bool is(const ctxvars::var<T> &v) const noexcept
         {
             return variable == v.native_handle();
         }
 
         /** The value as `v`'s type; only meaningful when is(v). */
-        template <class T> T *value_of(const cv::var<T> &) const noexcept
+        template <class T> T *value_of(const ctxvars::var<T> &) const noexcept
         {
             return static_cast<T *>(value);
         }
@@ -655,7 +656,7 @@ class context
 
     /** An independent copy, O(1), from any thread, even while the context
      * is entered and written elsewhere (Python's ctx.copy()).
-     * @throws cv::error CV_EINVAL for a handle that holds nothing;
+     * @throws ctxvars::error CV_EINVAL for a handle that holds nothing;
      * std::bad_alloc */
     context copy() const
     {
@@ -665,7 +666,7 @@ class context
     }
 
     /** Calls std::invoke(f, args...) in this context and returns its result
-     * (Python's ctx.run); see cv::run. */
+     * (Python's ctx.run); see ctxvars::run. */
     template <class F, class... Args>
     std::invoke_result_t<F, Args...> run(F &&f, Args &&...args) const
     {
@@ -682,7 +683,7 @@ class context
         return static_cast<T *>(out);
     }
 
-    /** Like get() (Python's ctx[var]): @throws cv::error CV_ENOVALUE if
+    /** Like get() (Python's ctx[var]): @throws ctxvars::error CV_ENOVALUE if
      * the context holds no value for `v` */
     template <class T> T *at(const var<T> &v) const
     {
@@ -767,7 +768,7 @@ class context
  * exception thrown by `f` is caught before it reaches the C frames and
  * rethrown here, after `ctx` has been exited; sets made before the throw
  * stay in `ctx`, as in Python.
- * @throws cv::error CV_EBUSY if `ctx` is entered by any thread (f is not
+ * @throws ctxvars::error CV_EBUSY if `ctx` is entered by any thread (f is not
  * called), CV_EINVAL for a handle that holds nothing, CV_ENOTCURRENT if f
  * returned leaving contexts entered (the run exited them; the result is
  * lost); whatever `f` throws
@@ -794,7 +795,7 @@ class scoped_set
 {
   public:
     /** Sets `v` to `value` in the current context.
-     * @throws std::bad_alloc (nothing changed); cv::error CV_EBUSY inside a
+     * @throws std::bad_alloc (nothing changed); ctxvars::error CV_EBUSY inside a
      * change handler or switch watcher */
     template <class T>
     scoped_set(const var<T> &v, detail::identity_t<T *> value)
@@ -802,7 +803,7 @@ class scoped_set
     {
     }
 
-    /** The same for a C variable. @throws cv::error CV_EINVAL if `v` is
+    /** The same for a C variable. @throws ctxvars::error CV_EINVAL if `v` is
      * null; as above */
     scoped_set(cv_var_t *v, void *value) : var_(v)
     {
@@ -837,7 +838,7 @@ class scoped_set
 class context_scope
 {
   public:
-    /** @throws cv::error CV_EBUSY if `ctx` is already entered, here or on
+    /** @throws ctxvars::error CV_EBUSY if `ctx` is already entered, here or on
      * another thread; CV_EINVAL for a handle that holds nothing;
      * std::bad_alloc */
     explicit context_scope(context ctx) : ctx_(std::move(ctx))
@@ -872,16 +873,16 @@ class context_scope
  * several threads at once, as std::function and thread pools do: copies
  * of the wrapper share the captured context (a reference count, no copy)
  * and no call meets CV_EBUSY. A task that must keep its sets across calls
- * runs with cv::run in a context of its own instead.
+ * runs with ctxvars::run in a context of its own instead.
  *
  * Copyable when F is, movable when F is. Exceptions from `f` propagate as
- * in cv::run.
+ * in ctxvars::run.
  */
 template <class F> class captured
 {
   public:
     /** Captures the current context. @throws std::bad_alloc */
-    explicit captured(F f) : ctx_(cv::context::capture()), f_(std::move(f))
+    explicit captured(F f) : ctx_(ctxvars::context::capture()), f_(std::move(f))
     {
     }
 
@@ -904,7 +905,7 @@ template <class F> class captured
     }
 
     /** The captured context, which calls copy. */
-    const cv::context &context() const noexcept
+    const ctxvars::context &context() const noexcept
     {
         return ctx_;
     }
@@ -912,17 +913,17 @@ template <class F> class captured
   private:
     template <class G, class... Args> decltype(auto) call(G &&g, Args &&...args) const
     {
-        cv::context fresh = ctx_.copy();
+        ctxvars::context fresh = ctx_.copy();
         return detail::run_in(fresh.native_handle(), std::forward<G>(g),
                               std::forward<Args>(args)...);
     }
 
-    cv::context ctx_;
+    ctxvars::context ctx_;
     F f_;
 };
 
 /** captured<F> for `f`, capturing the current context now:
- * `pool.submit(cv::wrap([] { ... }))`, `std::thread(cv::wrap(fn))`.
+ * `pool.submit(ctxvars::wrap([] { ... }))`, `std::thread(ctxvars::wrap(fn))`.
  * @throws std::bad_alloc */
 template <class F> captured<std::decay_t<F>> wrap(F &&f)
 {
@@ -932,9 +933,9 @@ template <class F> captured<std::decay_t<F>> wrap(F &&f)
 /**
  * Suppresses the flow of the calling thread's values for the rest of a
  * scope (cv_flow_suppress / cv_flow_restore): captures made meanwhile
- * (cv::context::capture, cv::wrap, cv_task_init, cv_thread_create) get an
+ * (ctxvars::context::capture, ctxvars::wrap, cv_task_init, cv_thread_create) get an
  * empty context. Guards nest. The current context itself, and
- * cv::context::copy_current, are not affected.
+ * ctxvars::context::copy_current, are not affected.
  */
 class flow_suppression
 {
@@ -959,6 +960,6 @@ inline bool flow_suppressed() noexcept
     return cv_flow_is_suppressed();
 }
 
-} // namespace cv
+} // namespace ctxvars
 
 #endif /* CTXVARS_HPP */

@@ -8,13 +8,13 @@
 
 static void scenario()
 {
-    cv::var<const char> request_id("request_id", "none");
+    ctxvars::var<const char> request_id("request_id", "none");
     const char *before = request_id.value();
 
     auto token = request_id.set("req-42");
 
     // A copy runs with the value; its own set stays inside it.
-    cv::context ctx = cv::context::copy_current();
+    ctxvars::context ctx = ctxvars::context::copy_current();
     std::string seen_in_run;
     ctx.run([&] {
         seen_in_run = request_id.get_or("-");
@@ -24,7 +24,7 @@ static void scenario()
 
     // A callable wrapped here runs in this context on another thread.
     std::string seen_in_thread;
-    std::thread(cv::wrap([&] { seen_in_thread = request_id.get_or("-"); })).join();
+    std::thread(ctxvars::wrap([&] { seen_in_thread = request_id.get_or("-"); })).join();
 
     const char *after_run = request_id.get_or("-");
     request_id.reset(token);
