@@ -73,13 +73,10 @@
 enum foreign_mode { FOREIGN_NONE, FOREIGN_RAISING, FOREIGN_ANNOUNCED };
 #define QUIET_UPDATES_TO_LOWER 64
 
-cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
+/* A fresh context with a new identity: also how a task's private context
+ * is made new again for the next task (task.c). */
+void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root)
 {
-    cv_context_t *ctx = cvi_alloc(sizeof(*ctx));
-    if (!ctx) {
-        cvi_node_release(root);
-        return NULL;
-    }
     atomic_init(&ctx->root, root);
     atomic_init(&ctx->owner, NULL);
     atomic_init(&ctx->foreign, 0);
@@ -88,6 +85,16 @@ cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
     ctx->quiet_updates = 0;
     atomic_init(&ctx->refs, 1);
     ctx->id = cvi_thread_next_context_id();
+}
+
+cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
+{
+    cv_context_t *ctx = cvi_alloc(sizeof(*ctx));
+    if (!ctx) {
+        cvi_node_release(root);
+        return NULL;
+    }
+    cvi_context_init(ctx, root);
     return ctx;
 }
 
@@ -319,9 +326,7 @@ static void keep_root(cv_context_t *ctx, void *arg)
     *(cvi_hamt_node **)arg = root;
 }
 
-/* A reference to the current root of a context that another thread may be
- * writing. */
-static cvi_hamt_node *snapshot(cv_context_t *ctx)
+cvi_hamt_node *cvi_context_snapshot(cv_context_t *ctx)
 {
     cvi_hamt_node *root;
     if (owned_by_caller(ctx)) {
@@ -347,7 +352,7 @@ cv_context_t *cv_copy_context(void)
 
 cv_context_t *cv_context_copy(cv_context_t *ctx)
 {
-    return ctx ? cvi_context_new_with_root(snapshot(ctx)) : NULL;
+    return ctx ? cvi_context_new_with_root(cvi_context_snapshot(ctx)) : NULL;
 }
 
 void cv_context_retain(cv_context_t *ctx)
@@ -374,9 +379,14 @@ void cv_context_release(cv_context_t *ctx)
 
 /* ------------------------------------------------------------- switching */
 
-/* Pushes `ctx`; the stack takes a reference unless the caller lends its
- * own for the duration (cv_context_run). */
-static cv_status_t enter(cv_context_t *ctx, bool take_reference)
+enum entry {
+    ENTER_REFERENCED, /* the stack takes a reference (cv_context_enter) */
+    ENTER_BORROWED,   /* the caller lends its own for the run */
+    ENTER_PRIVATE,    /* borrowed, and no other thread can reach ctx yet */
+};
+
+/* Claims and pushes `ctx`. */
+static cv_status_t enter(cv_context_t *ctx, enum entry entry)
 {
     if (!ctx)
         return CV_EINVAL;
@@ -385,15 +395,25 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
     struct cvi_thread *thread = cvi_thread_ready();
     if (!thread)
         return CV_ENOMEM;
-    if (!cvi_context_claim(ctx, thread))
+    if (entry == ENTER_PRIVATE)
+        /* Relaxed: nobody else holds ctx; whoever it is handed to from
+         * inside the run gets it through a synchronising hand-off. */
+        atomic_store_explicit(&ctx->owner, thread, memory_order_relaxed);
+    else if (!cvi_context_claim(ctx, thread))
         return CV_EBUSY;
-    if (!cvi_thread_push(thread, ctx, !take_reference)) {
+    static const uintptr_t tags[] = {
+        [ENTER_REFERENCED] = 0,
+        [ENTER_BORROWED] = CVI_BORROWED,
+        [ENTER_PRIVATE] = CVI_BORROWED | CVI_RUN_OWNED,
+    };
+    if (!cvi_thread_push(thread, ctx, tags[entry])) {
         cvi_context_disown(ctx);
         return CV_ENOMEM;
     }
-    if (take_reference)
+    if (entry == ENTER_REFERENCED)
         cv_context_retain(ctx);
-    cvi_context_claimed(ctx);
+    else if (entry == ENTER_BORROWED)
+        cvi_context_claimed(ctx);
     cvi_thread_view_changed();
     if (cvi_callbacks_registered())
         cvi_switch_notify(thread, CV_SWITCH_ENTER,
@@ -403,7 +423,7 @@ static cv_status_t enter(cv_context_t *ctx, bool take_reference)
 
 cv_status_t cv_context_enter(cv_context_t *ctx)
 {
-    return enter(ctx, true);
+    return enter(ctx, ENTER_REFERENCED);
 }
 
 /* Pops the top of the stack, dropping the stack's reference unless the
@@ -437,13 +457,13 @@ cv_status_t cv_context_exit(cv_context_t *ctx)
     return CV_OK;
 }
 
-cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
+static cv_status_t run(cv_context_t *ctx, enum entry entry, void (*fn)(void *arg), void *arg)
 {
     if (!fn)
         return CV_EINVAL;
     /* The caller's reference keeps ctx alive for the call: no refcount
      * traffic, which keeps runs of one shared context scaling. */
-    cv_status_t status = enter(ctx, false);
+    cv_status_t status = enter(ctx, entry);
     if (status != CV_OK)
         return status;
     struct cvi_thread *thread = &cvi_thread_state;
@@ -457,6 +477,16 @@ cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
     }
     pop(thread);
     return status;
+}
+
+cv_status_t cv_context_run(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
+{
+    return run(ctx, ENTER_BORROWED, fn, arg);
+}
+
+cv_status_t cvi_context_run_private(cv_context_t *ctx, void (*fn)(void *arg), void *arg)
+{
+    return run(ctx, ENTER_PRIVATE, fn, arg);
 }
 
 /* ---------------------------------------------------------- mapping API */
@@ -519,7 +549,7 @@ bool cv_context_equal(cv_context_t *a, cv_context_t *b)
         return false;
     if (a == b)
         return true;
-    cvi_hamt_node *root_a = snapshot(a), *root_b = snapshot(b);
+    cvi_hamt_node *root_a = cvi_context_snapshot(a), *root_b = cvi_context_snapshot(b);
     bool equal = cvi_hamt_equal(root_a, root_b, &cvi_var_entry_ops);
     cvi_node_release(root_a);
     cvi_node_release(root_b);
@@ -530,7 +560,7 @@ void cv_context_iter_init(cv_context_iter_t *it, cv_context_t *ctx)
 {
     if (!it)
         return;
-    cvi_hamt_node *root = ctx ? snapshot(ctx) : NULL;
+    cvi_hamt_node *root = ctx ? cvi_context_snapshot(ctx) : NULL;
     it->cv_private_snapshot = root;
     cvi_hamt_iter_init(&it->cv_private_walk, root);
 }

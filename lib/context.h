@@ -35,6 +35,19 @@ struct cv_context {
  * is short, and then the reference to root is dropped. */
 cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root);
 
+/* Makes `ctx` a fresh context over `root` (one reference, taken over),
+ * with a new identity. Only for memory no other thread can reach. */
+void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root);
+
+/* A reference to the current root of `ctx` (NULL: empty), which another
+ * thread may be writing. */
+cvi_hamt_node *cvi_context_snapshot(cv_context_t *ctx);
+
+/* cv_context_run for a context that no other thread can reach before fn
+ * is called (a task's private context): claimed without an atomic
+ * read-modify-write. */
+cv_status_t cvi_context_run_private(cv_context_t *ctx, void (*fn)(void *arg), void *arg);
+
 /* The owner's root: only the owner writes it, so a relaxed load is exact. */
 static inline cvi_hamt_node *cvi_context_owned_root(cv_context_t *ctx)
 {

@@ -1,11 +1,18 @@
 /*
  * What a thread hands to work that runs elsewhere: flow suppression, the
- * captured context, and tasks that carry one from submit to execute.
+ * captured context, and tasks that carry a context from submit to execute.
  *
- * A task owns the reference that the capture made; the run borrows it (no
- * reference count traffic for the switch) and drops it afterwards, so the
- * whole propagation costs one copy, one run and one release.
+ * A task carries the captured map itself (one reference to its root), not
+ * a context: capture allocates nothing. The executing thread runs it in a
+ * context object of its own that it reuses from task to task, made new
+ * (empty stack entry, fresh identity) each time, and claimed without an
+ * atomic read-modify-write, since no other thread can reach it before the
+ * task's fn does. Allocating that object at capture and freeing it at
+ * execute, on another thread, was most of what propagation cost a pool.
+ * If fn keeps the context (retains it), the thread gives it up and makes
+ * another next time.
  */
+#include "alloc.h"
 #include "context.h"
 #include "thread.h"
 
@@ -28,41 +35,75 @@ bool cv_flow_is_suppressed(void)
     return cvi_thread_state.flow_suppressed != 0;
 }
 
+/* A reference to the map to hand over: the current context's, or the
+ * empty map (NULL) while flow is suppressed or before the thread has a
+ * context. */
+static cvi_hamt_node *capture_map(void)
+{
+    struct cvi_thread *thread = &cvi_thread_state;
+    cv_context_t *current = cvi_thread_current(thread);
+    return current && !thread->flow_suppressed ? cvi_context_snapshot(current) : NULL;
+}
+
 cv_context_t *cv_capture_context(void)
 {
-    return cvi_thread_state.flow_suppressed ? cv_context_new() : cv_copy_context();
+    return cvi_context_new_with_root(capture_map());
 }
 
 cv_status_t cv_task_init(cv_task_t *task, void (*fn)(void *arg), void *arg)
 {
     if (!task || !fn)
         return CV_EINVAL;
-    cv_context_t *captured = cv_capture_context();
-    if (!captured) {
-        *task = (cv_task_t){0};
-        return CV_ENOMEM;
-    }
-    *task = (cv_task_t){fn, arg, captured};
+    *task = (cv_task_t){fn, arg, capture_map()};
     return CV_OK;
+}
+
+/* Keeps `ctx`, which holds no map, for the thread's next task, unless a
+ * task nested in the one that used it has already left one there. */
+static void keep_task_context(struct cvi_thread *thread, cv_context_t *ctx)
+{
+    if (thread->task_context)
+        cv_context_release(ctx);
+    else
+        thread->task_context = ctx;
 }
 
 cv_status_t cv_task_run(cv_task_t *task)
 {
-    if (!task || !task->cv_private_context)
+    if (!task || !task->cv_private_fn)
         return CV_EINVAL;
+    struct cvi_thread *thread = cvi_thread_ready();
+    if (!thread)
+        return CV_ENOMEM;
+    /* Taken out of the thread while it runs: a task that fn runs on this
+     * thread gets another. */
+    cv_context_t *ctx = thread->task_context;
+    thread->task_context = NULL;
+    if (!ctx && !(ctx = cvi_context_new_with_root(NULL)))
+        return CV_ENOMEM;
     /* Emptied first: fn may free the memory the task lives in (a pool's
      * task record often frees itself). */
     cv_task_t taken = *task;
     *task = (cv_task_t){0};
-    cv_status_t status = cv_context_run(taken.cv_private_context, taken.cv_private_fn,
-                                        taken.cv_private_arg);
-    if (status == CV_OK || status == CV_ENOTCURRENT) {
-        cv_context_release(taken.cv_private_context);
+    cvi_context_init(ctx, taken.cv_private_map);
+    cv_status_t status = cvi_context_run_private(ctx, taken.cv_private_fn, taken.cv_private_arg);
+    if (status != CV_OK && status != CV_ENOTCURRENT) {
+        /* fn was not called (no memory to enter, or inside a callback): the
+         * task is given back whole, to run later. */
+        atomic_store_explicit(&ctx->root, NULL, memory_order_relaxed);
+        keep_task_context(thread, ctx);
+        *task = taken;
         return status;
     }
-    /* fn was not called (no memory to enter, or inside a callback): the
-     * task is given back whole, to run later. */
-    *task = taken;
+    /* Acquire: if whoever fn handed the context to has let go, their uses
+     * are done. */
+    if (atomic_load_explicit(&ctx->refs, memory_order_acquire) == 1) {
+        cvi_node_release(cvi_context_owned_root(ctx));
+        atomic_store_explicit(&ctx->root, NULL, memory_order_relaxed);
+        keep_task_context(thread, ctx);
+    } else {
+        cv_context_release(ctx); /* kept by fn's doing: the last holder frees it */
+    }
     return status;
 }
 
@@ -70,6 +111,12 @@ void cv_task_discard(cv_task_t *task)
 {
     if (!task)
         return;
-    cv_context_release(task->cv_private_context);
+    cvi_node_release(task->cv_private_map);
     *task = (cv_task_t){0};
+}
+
+void cvi_task_thread_exit(struct cvi_thread *thread)
+{
+    cv_context_release(thread->task_context);
+    thread->task_context = NULL;
 }

@@ -84,14 +84,16 @@ static void on_thread_exit(void *arg)
     struct cvi_thread *thread = arg;
     cvi_callbacks_thread_exit(thread);
     /* Entries lent by runs that the thread never returned from (it exited
-     * inside fn) are only disowned: their reference is the caller's. */
+     * inside fn) are only disowned: their reference is the caller's, except
+     * for a task's, which the run owned. */
     while (thread->depth) {
         cv_context_t *entry = thread->stack[--thread->depth];
-        if (cvi_stack_borrowed(entry))
-            cvi_context_disown(cvi_stack_context(entry));
+        if (cvi_stack_holds_reference(entry))
+            cvi_context_leave(cvi_stack_context(entry));
         else
-            cvi_context_leave(entry);
+            cvi_context_disown(cvi_stack_context(entry));
     }
+    cvi_task_thread_exit(thread);
     if (thread->stack != thread->inline_stack)
         cvi_free(thread->stack, thread->stack_capacity * sizeof(*thread->stack));
     thread->stack = NULL;
@@ -157,7 +159,7 @@ struct cvi_thread *cvi_thread_ready(void)
     return thread;
 }
 
-bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, bool borrowed)
+bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, uintptr_t tags)
 {
     if (thread->depth == thread->stack_capacity) {
         uint32_t capacity = thread->stack_capacity * 2;
@@ -170,8 +172,7 @@ bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, bool borrowed
         thread->stack = grown;
         thread->stack_capacity = capacity;
     }
-    thread->stack[thread->depth++] =
-        borrowed ? (cv_context_t *)((uintptr_t)ctx | CVI_BORROWED) : ctx;
+    thread->stack[thread->depth++] = (cv_context_t *)((uintptr_t)ctx | tags);
     return true;
 }
 

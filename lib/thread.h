@@ -30,23 +30,34 @@ struct cvi_thread {
      * unregisters one waits until it has moved on (callbacks.c), and the
      * thread may not switch or write meanwhile. */
     atomic_uint callbacks_seq;
-    uint32_t flow_suppressed; /* nesting depth of cv_flow_suppress */
+    uint32_t flow_suppressed;    /* nesting depth of cv_flow_suppress */
+    cv_context_t *task_context; /* reused by cv_task_run (task.c) */
     struct cvi_thread *registry_prev, *registry_next;
     cv_context_t *inline_stack[CVI_INLINE_STACK];
 };
 
-/* Marks a stack entry pushed by cv_context_run, which borrows the caller's
- * reference instead of taking one (contexts are at least 8-byte aligned). */
+/* Tags of stack entries (contexts are at least 8-byte aligned).
+ * CVI_BORROWED: pushed by a run, which holds the reference instead of the
+ * stack (cv_context_run borrows the caller's). CVI_RUN_OWNED, with it: the
+ * run's reference is its own (a task's context), so a thread that exits
+ * inside the run drops it. */
 #define CVI_BORROWED ((uintptr_t)1)
+#define CVI_RUN_OWNED ((uintptr_t)2)
 
 static inline cv_context_t *cvi_stack_context(cv_context_t *entry)
 {
-    return (cv_context_t *)((uintptr_t)entry & ~CVI_BORROWED);
+    return (cv_context_t *)((uintptr_t)entry & ~(CVI_BORROWED | CVI_RUN_OWNED));
 }
 
 static inline bool cvi_stack_borrowed(cv_context_t *entry)
 {
     return (uintptr_t)entry & CVI_BORROWED;
+}
+
+/* Whether a thread that exits with `entry` on its stack drops a reference. */
+static inline bool cvi_stack_holds_reference(cv_context_t *entry)
+{
+    return !cvi_stack_borrowed(entry) || ((uintptr_t)entry & CVI_RUN_OWNED);
 }
 
 /* Initial-exec: one cheap TLS access instead of a call to __tls_get_addr.
@@ -76,13 +87,16 @@ static inline cv_context_t *cvi_thread_current(const struct cvi_thread *thread)
     return thread->depth ? cvi_stack_context(thread->stack[thread->depth - 1]) : NULL;
 }
 
-/* Pushes a context the thread now owns, `borrowed` if the stack holds no
- * reference of its own to it; false if memory is short. */
-bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, bool borrowed);
+/* Pushes a context the thread now owns, with `tags` (CVI_BORROWED ...);
+ * false if memory is short. */
+bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, uintptr_t tags);
 
 /* A process-unique context id; never reused, so a token cannot mistake a
  * new context at a reused address for its own. */
 uint64_t cvi_thread_next_context_id(void);
+
+/* Frees the thread's reusable task context (task.c). */
+void cvi_task_thread_exit(struct cvi_thread *thread);
 
 /* Returns once every other registered thread that was running callbacks
  * (an odd callbacks_seq) has finished that run. */

@@ -315,6 +315,129 @@ static void test_tasks_from_many_submitters(void **state)
     cv_var_release(var);
 }
 
+/* Tasks run on one thread reuse its task context: each must still start
+ * from its own capture, with an identity of its own, and a context that fn
+ * kept must not be reused under it. */
+struct probe {
+    cv_var_t *var;
+    void *seen;
+    cv_token_t token;        /* made by a set inside the task */
+    cv_status_t late_reset;  /* a reset of the previous task's token */
+    cv_token_t *earlier;     /* that token */
+    cv_context_t *kept;      /* the task's context, retained */
+    bool keep;
+};
+
+static void probe_body(void *arg)
+{
+    struct probe *p = arg;
+    p->seen = cv_get_or(p->var, sentinel);
+    if (p->earlier)
+        p->late_reset = cv_reset(p->var, p->earlier);
+    cv_set(p->var, other, &p->token);
+    if (p->keep) {
+        p->kept = cv_context_current();
+        cv_context_retain(p->kept);
+    }
+}
+
+static void test_tasks_on_one_thread_start_fresh(void **state)
+{
+    (void)state;
+    cv_var_t *var = cv_var_new("v", NULL);
+    assert_int_equal(cv_set(var, request, NULL), CV_OK);
+    struct probe first = {.var = var, .keep = true};
+    struct probe second = {.var = var, .earlier = &first.token};
+    cv_task_t t1, t2;
+    assert_int_equal(cv_task_init(&t1, probe_body, &first), CV_OK);
+    assert_int_equal(cv_task_init(&t2, probe_body, &second), CV_OK);
+    assert_int_equal(cv_task_run(&t1), CV_OK);
+    assert_int_equal(cv_task_run(&t2), CV_OK);
+    assert_ptr_equal(first.seen, request);
+    assert_ptr_equal(second.seen, request); /* not `other`, the first task's set */
+    assert_int_equal(second.late_reset, CV_ETOKEN_CONTEXT);
+    /* The kept context is the first task's, untouched by the second. */
+    void *out = NULL;
+    assert_int_equal(cv_context_get(first.kept, var, &out), CV_OK);
+    assert_ptr_equal(out, other);
+    assert_int_equal(cv_context_len(first.kept), 1);
+    cv_token_discard(&first.token);
+    cv_token_discard(&second.token);
+    cv_context_release(first.kept);
+    cv_var_release(var);
+}
+
+struct nest {
+    cv_var_t *var;
+    cv_task_t inner;
+    struct job inner_job;
+    void *outer_after;
+    cv_status_t inner_status;
+};
+
+static void outer_body(void *arg)
+{
+    struct nest *n = arg;
+    cv_set(n->var, "outer", NULL);
+    n->inner_status = cv_task_run(&n->inner);
+    n->outer_after = cv_get_or(n->var, sentinel);
+}
+
+static void test_task_run_inside_a_task(void **state)
+{
+    (void)state;
+    cv_var_t *var = cv_var_new("v", NULL);
+    assert_int_equal(cv_set(var, request, NULL), CV_OK);
+    struct nest n = {.var = var, .inner_job = {.var = var, .writes = true}};
+    assert_int_equal(cv_task_init(&n.inner, job_body, &n.inner_job), CV_OK);
+    cv_task_t outer;
+    assert_int_equal(cv_task_init(&outer, outer_body, &n), CV_OK);
+    assert_int_equal(cv_task_run(&outer), CV_OK);
+    assert_int_equal(n.inner_status, CV_OK);
+    assert_ptr_equal(n.inner_job.seen, request); /* captured before the outer set */
+    assert_string_equal(n.outer_after, "outer"); /* the inner set stayed inside */
+    assert_ptr_equal(current_value(var), request);
+    cv_var_release(var);
+}
+
+static void exit_inside(void *arg)
+{
+    (void)arg;
+    pthread_exit(NULL);
+}
+
+static void *run_then_exit(void *arg)
+{
+    cv_task_t *tasks = arg;
+    cv_task_run(&tasks[0]); /* leaves a reusable context behind */
+    cv_task_run(&tasks[1]); /* never returns */
+    return NULL;
+}
+
+/* A thread that exits inside a task drops the task's context and map. */
+static void test_thread_exit_inside_a_task(void **state)
+{
+    (void)state;
+    static struct tracked value;
+    tracked_init(&value);
+    cv_var_t *var =
+        cv_var_new("v", &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
+    cv_token_t tok;
+    assert_int_equal(cv_set(var, &value, &tok), CV_OK);
+    cv_task_t tasks[2];
+    struct job job = {.var = var};
+    assert_int_equal(cv_task_init(&tasks[0], job_body, &job), CV_OK);
+    assert_int_equal(cv_task_init(&tasks[1], exit_inside, NULL), CV_OK);
+    assert_int_equal(cv_reset(var, &tok), CV_OK);
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, run_then_exit, tasks), 0);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    cv_reclaim_barrier();
+    assert_int_equal(job.runs, 1);
+    assert_int_equal(atomic_load(&value.live), 0);
+    cv_var_release(var);
+}
+
 int main(void)
 {
     struct CMUnitTest tests[] = {
@@ -333,6 +456,10 @@ int main(void)
                                         enter_fresh, exit_fresh),
         cmocka_unit_test(test_task_that_leaves_a_context_entered),
         cmocka_unit_test(test_tasks_from_many_submitters),
+        cmocka_unit_test_setup_teardown(test_tasks_on_one_thread_start_fresh, enter_fresh,
+                                        exit_fresh),
+        cmocka_unit_test_setup_teardown(test_task_run_inside_a_task, enter_fresh, exit_fresh),
+        cmocka_unit_test_setup_teardown(test_thread_exit_inside_a_task, enter_fresh, exit_fresh),
     };
     return cv_test_run_selected("flow", tests, sizeof(tests) / sizeof(tests[0]));
 }

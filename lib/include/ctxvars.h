@@ -349,21 +349,26 @@ CV_EXPORT cv_context_t *cv_capture_context(void);
 typedef struct cv_task {
     void (*cv_private_fn)(void *arg);
     void *cv_private_arg;
-    cv_context_t *cv_private_context;
+    void *cv_private_map;
 } cv_task_t;
 
-/** Fills `task` with fn, arg and cv_capture_context(). CV_EINVAL if `task`
- * or `fn` is NULL, CV_ENOMEM if the capture fails (the task is left
- * empty). Costs one copy: an allocation and an atomic increment. */
+/** Fills `task` with fn, arg and what cv_capture_context() would capture:
+ * the current context's map (one atomic increment, no allocation), or the
+ * empty map while flow is suppressed. CV_EINVAL if `task` or `fn` is
+ * NULL; it needs no memory, so it cannot fail otherwise. */
 CV_EXPORT cv_status_t cv_task_init(cv_task_t *task, void (*fn)(void *arg), void *arg);
 
-/** Runs fn(arg) in the captured context on the calling thread (any thread),
- * then drops the context: a task runs once. The task is emptied before fn
- * is called, so fn may free the memory it lives in. Returns what
+/** Runs fn(arg) on the calling thread (any thread) in a new context holding
+ * the captured map, as cv_context_run would in a context made by
+ * cv_capture_context, then drops it: a task runs once, and its sets stay
+ * in its own context. The context object is the thread's own, reused from
+ * task to task: no allocation and no atomic claim. The task is emptied
+ * before fn is called, so fn may free the memory it lives in. Returns what
  * cv_context_run returns: CV_OK, or CV_ENOTCURRENT if fn left contexts
- * entered; CV_ENOMEM, or CV_EBUSY inside a watcher or change handler, when
- * fn was not called, and the task is then given back unchanged. CV_EINVAL
- * for NULL or an empty task. */
+ * entered; CV_ENOMEM (the thread's first task, or its first after fn kept
+ * the context) or CV_EBUSY (inside a watcher or change handler) when fn
+ * was not called, and the task is then given back unchanged. CV_EINVAL for
+ * NULL or an empty task. */
 CV_EXPORT cv_status_t cv_task_run(cv_task_t *task);
 
 /** Drops a task that will not run: releases its context and empties it.
