@@ -11,8 +11,11 @@ foreach(arg PROGRAM EXAMPLE REQUESTS)
   endif()
 endforeach()
 
-execute_process(COMMAND ${PROGRAM} ${REQUESTS}
-  OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc TIMEOUT 30)
+# CV_EXAMPLE_LAUNCHER (environment) runs the program under a tool:
+# tools/valgrind.sh sets it to valgrind and its options.
+separate_arguments(launcher UNIX_COMMAND "$ENV{CV_EXAMPLE_LAUNCHER}")
+execute_process(COMMAND ${launcher} ${PROGRAM} ${REQUESTS}
+  OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc TIMEOUT 300)
 if(NOT rc STREQUAL "0")
   message(FATAL_ERROR "${EXAMPLE} ${REQUESTS} exited with '${rc}'\nstderr:\n${err}\nstdout:\n${out}")
 endif()

@@ -68,13 +68,23 @@ while IFS=$'\x1f' read -r name workdir env command; do
   eval "envs=($env)"
   leak_kinds=definite,indirect
   [[ $name =~ ${VALGRIND_FORKING:-^test_fork$} ]] && leak_kinds=none
+  # The examples' tests run their program from a checking script: valgrind
+  # goes around the program (tests/examples_check.cmake), not the script.
+  # The package tests run compilers and CMake, not the library's code.
+  [[ $name == package_* ]] && continue
+  wrap=(valgrind "${valgrind_args[@]}" --errors-for-leak-kinds=$leak_kinds)
+  launcher=()
+  if [[ $name == example_* ]]; then
+    launcher=(CV_EXAMPLE_LAUNCHER="${wrap[*]}")
+    wrap=()
+  fi
   log=$logs/$name.log
   start=$(date +%s)
   set +e
   (
     cd "$workdir"
-    exec env "${envs[@]}" timeout "${VALGRIND_TIMEOUT:-900}" \
-      valgrind "${valgrind_args[@]}" --errors-for-leak-kinds=$leak_kinds "${argv[@]}"
+    exec env "${envs[@]}" "${launcher[@]}" timeout "${VALGRIND_TIMEOUT:-900}" \
+      "${wrap[@]}" "${argv[@]}"
   ) >"$log" 2>&1
   status=$?
   set -e
