@@ -118,9 +118,8 @@ void cvi_switch_notify(struct cvi_thread *thread, cv_switch_event_t event, cv_co
     begin_callbacks(thread);
     /* Acquire: a slot's watcher and data were stored before its bit. */
     unsigned active = atomic_load_explicit(&cvi_callbacks_active, memory_order_acquire);
-    for (unsigned slot = 0; slot < CV_MAX_WATCHERS; slot++) {
-        if (!(active & (1u << slot)))
-            continue;
+    for (unsigned bits = active & ~CVI_HANDLERS_ACTIVE; bits; bits &= bits - 1) {
+        unsigned slot = (unsigned)__builtin_ctz(bits);
         /* Relaxed: ordered by the acquire load of the bit above. */
         cv_switch_watcher_t watcher =
             atomic_load_explicit(&watchers[slot].watcher, memory_order_relaxed);
