@@ -513,8 +513,8 @@ def section_pool(runs, out):
                      fmt_ns(overhead)))
     out.append(table(["allocator", "workers", "plain", "propagating", "propagating/plain",
                       "cost per task"], rows))
-    out.append("  propagating: cv_task_init at submit (a copy), cv_task_run on the worker (run and"
-               " release).")
+    out.append("  propagating: cv_task_init at submit (a reference to the submitter's map),"
+               " cv_task_run on the worker (run in its reusable context, drop the reference).")
     out.append("  cost per task: 1/propagating - 1/plain (the time propagation adds to each task).")
 
 
