@@ -27,13 +27,11 @@
  */
 #include "callbacks.h"
 
-#include "alloc.h"
 #include "context.h"
 #include "reclaim.h"
 #include "var.h"
 
 #include <pthread.h>
-#include <string.h>
 
 atomic_uint cvi_callbacks_active;
 
