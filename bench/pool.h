@@ -30,7 +30,7 @@ struct cvb_task {
     void *link; /* pool-private: the queue node (struct cds_wfcq_node) */
     void (*fn)(void *arg);
     void *arg;
-    bool propagate;   /* set at submit: run through `captured` */
+    bool propagate;     /* set at submit: run through `captured` */
     cv_task_t captured; /* fn, arg and the submitter's context (cv_task_init) */
 };
 

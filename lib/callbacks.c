@@ -178,8 +178,8 @@ static void update_active(unsigned set_bits, unsigned clear_bits)
 /* A free slot for `watcher`, or -1. Under the lock. */
 static int claim_slot(cv_switch_watcher_t watcher, void *data)
 {
-    unsigned taken = atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed) |
-                     unsettled_slots;
+    unsigned taken =
+        atomic_load_explicit(&cvi_callbacks_active, memory_order_relaxed) | unsettled_slots;
     for (int slot = 0; slot < CV_MAX_WATCHERS; slot++) {
         if (taken & (1u << slot))
             continue;
@@ -236,8 +236,7 @@ void cvi_handler_register(cv_var_t *var)
     cvi_var_ref(var);
     pthread_mutex_lock(&registration_lock);
     atomic_store_explicit(&var->handler_registered, true, memory_order_relaxed);
-    atomic_store_explicit(&var->next_handler,
-                          atomic_load_explicit(&handlers, memory_order_relaxed),
+    atomic_store_explicit(&var->next_handler, atomic_load_explicit(&handlers, memory_order_relaxed),
                           memory_order_relaxed);
     /* Release: the variable's fields before its link. */
     atomic_store_explicit(&handlers, var, memory_order_release);

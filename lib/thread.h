@@ -30,7 +30,7 @@ struct cvi_thread {
      * unregisters one waits until it has moved on (callbacks.c), and the
      * thread may not switch or write meanwhile. */
     atomic_uint callbacks_seq;
-    uint32_t flow_suppressed;    /* nesting depth of cv_flow_suppress */
+    uint32_t flow_suppressed;   /* nesting depth of cv_flow_suppress */
     cv_context_t *task_context; /* reused by cv_task_run (task.c) */
     struct cvi_thread *registry_prev, *registry_next;
     cv_context_t *inline_stack[CVI_INLINE_STACK];

@@ -1169,8 +1169,8 @@ static void cleanup(struct run *r)
 }
 
 static void (*const phases[])(struct run *r) = {
-    phase_variables, phase_in_place, phase_path_copy, phase_foreign,      phase_runs,
-    phase_deep,      phase_copies,   phase_tasks,     phase_threads,      phase_fresh_thread,
+    phase_variables, phase_in_place, phase_path_copy, phase_foreign, phase_runs,
+    phase_deep,      phase_copies,   phase_tasks,     phase_threads, phase_fresh_thread,
 };
 
 static void scenario(struct run *r)

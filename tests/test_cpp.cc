@@ -417,7 +417,8 @@ void test_cpp_run_propagates_exceptions()
     assert_true(is_current(before));
     assert_false(outer.contains(v)); /* the scoped_set was undone in outer */
     /* Neither is left entered. */
-    assert_int_equal(ctxvars::run(ctx, [] { return 1; }) + ctxvars::run(outer, [] { return 1; }), 2);
+    assert_int_equal(ctxvars::run(ctx, [] { return 1; }) + ctxvars::run(outer, [] { return 1; }),
+                     2);
 }
 
 void test_cpp_run_busy_and_misuse()
@@ -522,9 +523,10 @@ void test_cpp_context_iteration()
     assert_int_equal(count, 3);
 
     /* A standard input range. */
-    assert_int_equal(std::count_if(ctx.begin(), ctx.end(),
-                                   [&](const ctxvars::context::item &i) { return i.value == &three; }),
-                     3);
+    assert_int_equal(
+        std::count_if(ctx.begin(), ctx.end(),
+                      [&](const ctxvars::context::item &i) { return i.value == &three; }),
+        3);
     ctxvars::context empty;
     assert_true(empty.begin() == empty.end());
     std::vector<ctxvars::context::item> items(ctx.begin(), ctx.end());
@@ -640,13 +642,14 @@ void test_cpp_captured_move_only_and_exceptions()
     ctxvars::context before = ctxvars::context::current();
     ctxvars::scoped_set set(v, &one);
     auto owned = std::make_unique<int>(5);
-    auto task = ctxvars::wrap([p = std::move(owned), &v](int add) { return *p + add + *v.value(); });
+    auto task =
+        ctxvars::wrap([p = std::move(owned), &v](int add) { return *p + add + *v.value(); });
     static_assert(!std::is_copy_constructible_v<decltype(task)>);
     auto moved = std::move(task);
     assert_int_equal(std::move(moved)(2), 8);
 
-    auto throwing =
-        ctxvars::wrap([](const std::string &message) -> int { throw std::invalid_argument(message); });
+    auto throwing = ctxvars::wrap(
+        [](const std::string &message) -> int { throw std::invalid_argument(message); });
     try {
         throwing("bad task");
         fail_msg("the exception was lost");

@@ -321,10 +321,10 @@ static void test_tasks_from_many_submitters(void **state)
 struct probe {
     cv_var_t *var;
     void *seen;
-    cv_token_t token;        /* made by a set inside the task */
-    cv_status_t late_reset;  /* a reset of the previous task's token */
-    cv_token_t *earlier;     /* that token */
-    cv_context_t *kept;      /* the task's context, retained */
+    cv_token_t token;       /* made by a set inside the task */
+    cv_status_t late_reset; /* a reset of the previous task's token */
+    cv_token_t *earlier;    /* that token */
+    cv_context_t *kept;     /* the task's context, retained */
     bool keep;
 };
 

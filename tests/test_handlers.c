@@ -252,8 +252,8 @@ static void test_values_with_hooks_are_held_for_the_call(void **state)
     tracked_init(&first);
     tracked_init(&second);
     cv_var_t *var = cv_var_new("v", &(cv_var_opts_t){.retain = tracked_retain,
-                                                       .release = tracked_release,
-                                                       .on_change = check_old_alive});
+                                                     .release = tracked_release,
+                                                     .on_change = check_old_alive});
     cv_token_t tok;
     assert_int_equal(cv_set(var, &first, NULL), CV_OK);
     atomic_store(&live_during_call, -1);
@@ -428,8 +428,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_call_after_release, enter_fresh, exit_fresh),
         cmocka_unit_test_setup_teardown(test_a_handler_may_release_its_variable, enter_fresh,
                                         exit_fresh),
-        cmocka_unit_test_setup_teardown(test_many_variables_with_handlers, enter_fresh,
-                                        exit_fresh),
+        cmocka_unit_test_setup_teardown(test_many_variables_with_handlers, enter_fresh, exit_fresh),
         cmocka_unit_test(test_release_waits_for_calls_under_way),
     };
     return cv_test_run_selected("handlers", tests, sizeof(tests) / sizeof(tests[0]));

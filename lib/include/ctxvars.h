@@ -286,10 +286,10 @@ typedef enum cv_switch_event {
     CV_SWITCH_EXIT,  /**< `from` was exited, back to `to` */
 } cv_switch_event_t;
 
-typedef void (*cv_switch_watcher_t)(cv_switch_event_t event, cv_context_t *from,
-                                    cv_context_t *to, void *data);
+typedef void (*cv_switch_watcher_t)(cv_switch_event_t event, cv_context_t *from, cv_context_t *to,
+                                    void *data);
 
-/* At most this many watchers are registered at once. */
+/** At most this many watchers are registered at once. */
 #define CV_MAX_WATCHERS 8
 
 /** Registers `watcher` (CPython's PyContext_AddWatcher, folly's
@@ -436,7 +436,8 @@ CV_EXPORT extern __thread struct cv_private_lookup cv_private_lookup_state
 static inline bool cv_private_cached(cv_var_t *var, void **value)
 {
 #ifdef __cplusplus
-    const struct cv_private_var_head *head = reinterpret_cast<const struct cv_private_var_head *>(var);
+    const struct cv_private_var_head *head =
+        reinterpret_cast<const struct cv_private_var_head *>(var);
 #else
     const struct cv_private_var_head *head = (const struct cv_private_var_head *)(const void *)var;
 #endif
