@@ -412,7 +412,8 @@ static cv_status_t enter(cv_context_t *ctx, enum entry entry)
     }
     if (entry == ENTER_REFERENCED)
         cv_context_retain(ctx);
-    else if (entry == ENTER_BORROWED)
+    /* A private context has had no reader that could find it unowned. */
+    if (entry != ENTER_PRIVATE)
         cvi_context_claimed(ctx);
     cvi_thread_view_changed();
     if (cvi_callbacks_registered())
