@@ -5,8 +5,11 @@
  * pause. Readers read that context from other threads (direct lookups,
  * copies, iteration); shufflers create, enter, copy, run and release
  * contexts of their own, hand snapshots to each other through a small
- * locked mailbox, read copies of the writer's context, and start
- * short-lived threads with cv_thread_create.
+ * locked mailbox, read copies of the writer's context (directly and as
+ * tasks), and start short-lived threads with cv_thread_create. A churner
+ * registers and removes a switch watcher and a variable with a change
+ * handler without pause, so that every other thread's switches take the
+ * callbacks' path while those withdrawals race them.
  *
  * A value encodes its variable and a sequence number. The writer sets its
  * variables in rounds, variable 0 first, each round with the next number,
@@ -128,7 +131,7 @@ static void failure(int line, const char *fmt, ...)
     } while (0)
 
 static atomic_long n_writes, n_direct, n_copies, n_iterations, n_produced, n_consumed,
-    n_foreign_runs, n_children, n_deep;
+    n_foreign_runs, n_task_runs, n_children, n_deep, n_churns, n_watched;
 
 /* ---------------------------------------------------------------- writer */
 
@@ -391,6 +394,17 @@ static void foreign_fn(void *arg)
     CHECK(cv_set(vars[c->set_var], c->set_value, NULL) == CV_OK, "set in a copy");
 }
 
+struct capture {
+    cv_task_t task;
+    struct foreign_call *call;
+};
+
+static void capture_task(void *arg)
+{
+    struct capture *c = arg;
+    CHECK(cv_task_init(&c->task, foreign_fn, c->call) == CV_OK, "cv_task_init");
+}
+
 struct child_arg {
     int var;
     void *inherited, *own;
@@ -476,9 +490,17 @@ static void *shuffler(void *arg)
             }
             check_snapshot(seq, "shuffler's copy");
             call.set_value = next_value(s, call.set_var);
-            CHECK(cv_context_run(copy, foreign_fn, &call) == CV_OK, "run a copy");
+            if (round % 2) {
+                CHECK(cv_context_run(copy, foreign_fn, &call) == CV_OK, "run a copy");
+                foreign_runs++;
+            } else {
+                /* The same, as a task captured inside the copy. */
+                struct capture capture = {.call = &call};
+                CHECK(cv_context_run(copy, capture_task, &capture) == CV_OK, "capture a task");
+                CHECK(cv_task_run(&capture.task) == CV_OK, "run a task");
+                atomic_fetch_add(&n_task_runs, 1);
+            }
             cv_context_release(copy);
-            foreign_runs++;
             break;
         }
         case 3: { /* a short-lived thread that inherits */
@@ -527,6 +549,40 @@ static void *shuffler(void *arg)
     return NULL;
 }
 
+/* --------------------------------------------------------------- churner */
+
+static void watch(cv_switch_event_t event, cv_context_t *from, cv_context_t *to, void *data)
+{
+    CHECK(from && to && from != to && (event == CV_SWITCH_ENTER || event == CV_SWITCH_EXIT),
+          "watcher arguments");
+    atomic_fetch_add_explicit((atomic_long *)data, 1, memory_order_relaxed);
+}
+
+static void handle_change(const cv_change_t *change, void *data)
+{
+    CHECK(change->var == *(cv_var_t *const *)data, "a handler called for another variable");
+}
+
+static void *churner(void *arg)
+{
+    (void)arg;
+    long churns = 0;
+    while (!atomic_load_explicit(&stop_workers, memory_order_relaxed)) {
+        int id;
+        CHECK(cv_watcher_add(watch, &n_watched, &id) == CV_OK, "cv_watcher_add");
+        static cv_var_t *handled;
+        handled = cv_var_new("handled", &(cv_var_opts_t){.on_change = handle_change,
+                                                         .on_change_data = &handled});
+        CHECK(handled && cv_set(handled, &churns, NULL) == CV_OK, "set a handled variable");
+        sched_yield();
+        cv_var_release(handled);
+        CHECK(cv_watcher_remove(id) == CV_OK, "cv_watcher_remove");
+        churns++;
+    }
+    atomic_fetch_add(&n_churns, churns);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static void sleep_seconds(double s)
@@ -546,7 +602,7 @@ static void test_stress(void **state)
             cv_var_new(name, &(cv_var_opts_t){.retain = hook_retain, .release = hook_release});
         assert_non_null(vars[k]);
     }
-    pthread_t w, readers[NREADERS], shufflers[NSHUFFLERS];
+    pthread_t w, readers[NREADERS], shufflers[NSHUFFLERS], churn;
     struct shuffler states[NSHUFFLERS];
     assert_int_equal(pthread_create(&w, NULL, writer, NULL), 0);
     while (!atomic_load(&writer_ready) && atomic_load(&failures) == 0)
@@ -558,8 +614,10 @@ static void test_stress(void **state)
         states[i] = (struct shuffler){i, 0};
         assert_int_equal(pthread_create(&shufflers[i], NULL, shuffler, &states[i]), 0);
     }
+    assert_int_equal(pthread_create(&churn, NULL, churner, NULL), 0);
     sleep_seconds(seconds);
     atomic_store(&stop_workers, true);
+    pthread_join(churn, NULL);
     for (int i = 0; i < NREADERS; i++)
         pthread_join(readers[i], NULL);
     for (int i = 0; i < NSHUFFLERS; i++)
@@ -572,11 +630,13 @@ static void test_stress(void **state)
         cv_context_release(letter.ctx);
 
     print_message("%.1f s: %ld sets by the writer; readers: %ld lookup rounds, %ld copies, %ld "
-                  "iterations; shufflers: %ld posted, %ld run, %ld copies run, %ld children, "
-                  "%ld deep\n",
+                  "iterations; shufflers: %ld posted, %ld run, %ld copies run, %ld as tasks, "
+                  "%ld children, %ld deep; churner: %ld rounds, %ld watched switches\n",
                   seconds, atomic_load(&n_writes), atomic_load(&n_direct), atomic_load(&n_copies),
                   atomic_load(&n_iterations), atomic_load(&n_produced), atomic_load(&n_consumed),
-                  atomic_load(&n_foreign_runs), atomic_load(&n_children), atomic_load(&n_deep));
+                  atomic_load(&n_foreign_runs), atomic_load(&n_task_runs),
+                  atomic_load(&n_children), atomic_load(&n_deep), atomic_load(&n_churns),
+                  atomic_load(&n_watched));
     if (atomic_load(&failures))
         fail_msg("%ld failures; first: %s", atomic_load(&failures), first_failure);
     /* Every kind of traffic happened, so the invariants were exercised. */
@@ -584,8 +644,9 @@ static void test_stress(void **state)
     assert_true(atomic_load(&n_direct) > 0 && atomic_load(&n_copies) > 0 &&
                 atomic_load(&n_iterations) > 0);
     assert_true(atomic_load(&n_produced) > 0 && atomic_load(&n_consumed) > 0);
-    assert_true(atomic_load(&n_foreign_runs) > 0 && atomic_load(&n_children) > 0 &&
-                atomic_load(&n_deep) > 0);
+    assert_true(atomic_load(&n_foreign_runs) > 0 && atomic_load(&n_task_runs) > 0 &&
+                atomic_load(&n_children) > 0 && atomic_load(&n_deep) > 0);
+    assert_true(atomic_load(&n_churns) > 0 && atomic_load(&n_watched) > 0);
 }
 
 /* Last, since a failing group teardown would not fail the run. */
