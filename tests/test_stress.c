@@ -571,8 +571,8 @@ static void *churner(void *arg)
         int id;
         CHECK(cv_watcher_add(watch, &n_watched, &id) == CV_OK, "cv_watcher_add");
         static cv_var_t *handled;
-        handled = cv_var_new("handled", &(cv_var_opts_t){.on_change = handle_change,
-                                                         .on_change_data = &handled});
+        handled = cv_var_new(
+            "handled", &(cv_var_opts_t){.on_change = handle_change, .on_change_data = &handled});
         CHECK(handled && cv_set(handled, &churns, NULL) == CV_OK, "set a handled variable");
         sched_yield();
         cv_var_release(handled);
@@ -634,9 +634,8 @@ static void test_stress(void **state)
                   "%ld children, %ld deep; churner: %ld rounds, %ld watched switches\n",
                   seconds, atomic_load(&n_writes), atomic_load(&n_direct), atomic_load(&n_copies),
                   atomic_load(&n_iterations), atomic_load(&n_produced), atomic_load(&n_consumed),
-                  atomic_load(&n_foreign_runs), atomic_load(&n_task_runs),
-                  atomic_load(&n_children), atomic_load(&n_deep), atomic_load(&n_churns),
-                  atomic_load(&n_watched));
+                  atomic_load(&n_foreign_runs), atomic_load(&n_task_runs), atomic_load(&n_children),
+                  atomic_load(&n_deep), atomic_load(&n_churns), atomic_load(&n_watched));
     if (atomic_load(&failures))
         fail_msg("%ld failures; first: %s", atomic_load(&failures), first_failure);
     /* Every kind of traffic happened, so the invariants were exercised. */
