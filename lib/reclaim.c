@@ -128,11 +128,15 @@ static void dispose_list(void *list, dispose_fn dispose)
     }
 }
 
-/* Retirements made by disposals and deferred calls (a node's last child,
- * the root of a context a deferred call releases): the barrier waits for
- * these cascades too. */
+/* Work that disposals and deferred calls create (a node's last child, the
+ * root of a context a deferred call releases): counted when an object is
+ * retired and again when a batch is handed to call_rcu, so that the barrier
+ * waits for these cascades too. The second count matters: a callback that
+ * hands its batch to call_rcu after a barrier queued its own callback puts
+ * the batch behind it, and only a count made after that call tells the
+ * barrier to go round once more. */
 static __thread bool in_callback __attribute__((tls_model("initial-exec")));
-static atomic_ulong callback_retirements;
+static atomic_ulong callback_work;
 
 /* Batches handed to call_rcu and not disposed of yet. On a busy machine
  * the RCU worker can fall behind threads that retire without pause (a
@@ -176,6 +180,9 @@ static void submit(void *list, dispose_fn dispose)
     batch->list = list;
     tsan_release_to_grace_period();
     urcu_bp_call_rcu(&batch->rcu, dispose_batch);
+    /* Release: as in cvi_retire. */
+    if (in_callback)
+        atomic_fetch_add_explicit(&callback_work, 1, memory_order_release);
 }
 
 struct deferred {
@@ -268,10 +275,6 @@ static void register_thread(struct pending *pending)
 void cvi_retire(void *obj, void (*dispose)(void *obj))
 {
     struct pending *pending = &thread_pending;
-    /* Relaxed: the barrier reads it after urcu_bp_barrier, which waited
-     * for this callback to return. */
-    if (in_callback)
-        atomic_fetch_add_explicit(&callback_retirements, 1, memory_order_relaxed);
     if (!pending->registered)
         register_thread(pending);
     if (atomic_load_explicit(&pending->dispose, memory_order_relaxed) != dispose) {
@@ -292,6 +295,10 @@ void cvi_retire(void *obj, void (*dispose)(void *obj))
     atomic_store_explicit(&pending->count, count, memory_order_relaxed);
     if (count >= BATCH_SIZE)
         flush(pending);
+    /* Counted after the push. Release: a barrier that sees the count
+     * (acquire) then takes the list with the object on it. */
+    if (in_callback)
+        atomic_fetch_add_explicit(&callback_work, 1, memory_order_release);
 }
 
 /* The lists a barrier takes, joined by dispose function. */
@@ -362,17 +369,20 @@ static void flush_every_thread(void)
 #define BARRIER_MAX_ROUNDS 16
 
 /* Disposals and deferred calls may retire more; those land on the RCU
- * worker's own list, so flush and wait again while callbacks retired
- * something during the last wait. */
+ * worker's own list or in batches it queued, so flush and wait again while
+ * callbacks made work during the last wait. */
 void cvi_reclaim_barrier(void)
 {
-    flush_every_thread();
     for (int round = 0; round < BARRIER_MAX_ROUNDS; round++) {
-        unsigned long before = atomic_load_explicit(&callback_retirements, memory_order_relaxed);
-        urcu_bp_barrier();
-        if (atomic_load_explicit(&callback_retirements, memory_order_relaxed) == before)
-            break;
+        /* Read before the flush: work counted later makes another round,
+         * work counted earlier is in the lists the flush takes (acquire,
+         * pairing with the callbacks' release counts). */
+        unsigned long before = atomic_load_explicit(&callback_work, memory_order_acquire);
         flush_every_thread();
+        urcu_bp_barrier();
+        /* Relaxed: urcu_bp_barrier waited for the callbacks that count. */
+        if (atomic_load_explicit(&callback_work, memory_order_relaxed) == before)
+            break;
     }
 }
 
