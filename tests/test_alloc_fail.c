@@ -1223,22 +1223,15 @@ static void rebaseline(void)
 }
 
 /* Waits for deferred frees only when something is still out: a barrier
- * with work queued costs ~10 ms. A second and third barrier, reported on
- * stderr when needed: in the TSan build under a parallel ctest, about one
- * run in ten found memory still out after one barrier and back after the
- * next (never reproduced alone; the issue note tracks it). A real leak
- * stays out after all three, and the runs are then replayed one by one. */
+ * with work queued costs ~10 ms. One barrier must be enough (it once was
+ * not: a cascade's batch queued behind the barrier's own callback, seen
+ * here about once in ten TSan runs under a parallel ctest). */
 static bool settled(void)
 {
-    for (int barriers = 1; !at_baseline(); barriers++) {
-        if (barriers > 3)
-            return false;
-        if (barriers > 1)
-            fprintf(stderr, "note: %ld bytes still out after %d barrier(s); waiting again\n",
-                    atomic_load(&heap.live_bytes) - baseline_bytes, barriers - 1);
-        cv_reclaim_barrier();
-    }
-    return true;
+    if (at_baseline())
+        return true;
+    cv_reclaim_barrier();
+    return at_baseline();
 }
 
 static void report(struct run *r)
