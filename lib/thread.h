@@ -16,7 +16,7 @@
  * (ctxvars.h), where the header's inline get reads them. */
 struct cvi_thread {
     uint32_t depth;       /* entered contexts; stack[0] is the base context */
-    cv_context_t **stack; /* entries tagged with CVI_BORROWED where lent */
+    cv_context_t **stack; /* entries tagged where lent (CVI_BORROWED, below) */
     uint32_t stack_capacity;
     uint32_t run_floor; /* exit may only pop entries above this index */
     uint64_t next_context_id, context_id_end;
