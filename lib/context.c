@@ -148,7 +148,7 @@ static void unowned_readers_gone(void *arg)
 /* Readers that found the context unowned (read_unowned) counted nothing:
  * the new owner copies paths until a grace period from now, after which
  * every one of them is done. */
-static void wait_out_unowned_readers(cv_context_t *ctx)
+void cvi_context_wait_out_unowned_readers(cv_context_t *ctx)
 {
     /* Seq_cst: ordered after our claim (see read_unowned). */
     uint64_t foreign =
@@ -177,13 +177,6 @@ bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread)
      * last root is the one we start from. */
     return atomic_compare_exchange_strong_explicit(&ctx->owner, &nobody, thread,
                                                    memory_order_seq_cst, memory_order_relaxed);
-}
-
-void cvi_context_claimed(cv_context_t *ctx)
-{
-    /* Seq_cst: after the claim; a plain load in the common case. */
-    if (atomic_load_explicit(&ctx->foreign, memory_order_seq_cst) & CVI_FOREIGN_READ_UNOWNED)
-        wait_out_unowned_readers(ctx);
 }
 
 void cvi_context_disown(cv_context_t *ctx)

@@ -135,10 +135,19 @@ void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root);
 /* Makes `thread` the owner of a context nobody has entered; false if some
  * thread has. */
 bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread);
+void cvi_context_wait_out_unowned_readers(cv_context_t *ctx);
+
 /* The new owner's next step, once nothing can fail any more and before it
  * updates the context: makes sure that readers which found the context
  * unowned are gone before any update in place. Never fails. */
-void cvi_context_claimed(cv_context_t *ctx);
+static inline void cvi_context_claimed(cv_context_t *ctx)
+{
+    /* Seq_cst: after the claim; a plain load in the common case. */
+    if (__builtin_expect(atomic_load_explicit(&ctx->foreign, memory_order_seq_cst) &
+                             CVI_FOREIGN_READ_UNOWNED,
+                         0))
+        cvi_context_wait_out_unowned_readers(ctx);
+}
 /* Gives up ownership. */
 void cvi_context_disown(cv_context_t *ctx);
 /* Gives up ownership and the stack's reference. */

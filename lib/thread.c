@@ -145,11 +145,9 @@ static void install_base(struct cvi_thread *thread, cv_context_t *base)
     cvi_thread_view_changed();
 }
 
-struct cvi_thread *cvi_thread_ready(void)
+struct cvi_thread *cvi_thread_start(void)
 {
     struct cvi_thread *thread = &cvi_thread_state;
-    if (thread->depth)
-        return thread;
     if (!arm_exit_hook(thread))
         return NULL;
     cv_context_t *base = cv_context_new();
@@ -159,20 +157,17 @@ struct cvi_thread *cvi_thread_ready(void)
     return thread;
 }
 
-bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, uintptr_t tags)
+bool cvi_thread_grow(struct cvi_thread *thread)
 {
-    if (thread->depth == thread->stack_capacity) {
-        uint32_t capacity = thread->stack_capacity * 2;
-        cv_context_t **grown = cvi_alloc(capacity * sizeof(*grown));
-        if (!grown)
-            return false;
-        memcpy(grown, thread->stack, thread->depth * sizeof(*grown));
-        if (thread->stack != thread->inline_stack)
-            cvi_free(thread->stack, thread->stack_capacity * sizeof(*grown));
-        thread->stack = grown;
-        thread->stack_capacity = capacity;
-    }
-    thread->stack[thread->depth++] = (cv_context_t *)((uintptr_t)ctx | tags);
+    uint32_t capacity = thread->stack_capacity * 2;
+    cv_context_t **grown = cvi_alloc(capacity * sizeof(*grown));
+    if (!grown)
+        return false;
+    memcpy(grown, thread->stack, thread->depth * sizeof(*grown));
+    if (thread->stack != thread->inline_stack)
+        cvi_free(thread->stack, thread->stack_capacity * sizeof(*grown));
+    thread->stack = grown;
+    thread->stack_capacity = capacity;
     return true;
 }
 

@@ -78,18 +78,35 @@ static inline void cvi_thread_view_changed(void)
     cv_private_lookup_state.version++;
 }
 
+/* cvi_thread_ready's first call on a thread: arms the exit hook and
+ * installs the base context. */
+struct cvi_thread *cvi_thread_start(void);
+
 /* The calling thread's state with its base context created; NULL if memory
- * is short. */
-struct cvi_thread *cvi_thread_ready(void);
+ * is short. Inline: every switch and set starts here. */
+static inline struct cvi_thread *cvi_thread_ready(void)
+{
+    struct cvi_thread *thread = &cvi_thread_state;
+    return __builtin_expect(thread->depth != 0, 1) ? thread : cvi_thread_start();
+}
 
 static inline cv_context_t *cvi_thread_current(const struct cvi_thread *thread)
 {
     return thread->depth ? cvi_stack_context(thread->stack[thread->depth - 1]) : NULL;
 }
 
+/* Doubles the thread's stack; false if memory is short. */
+bool cvi_thread_grow(struct cvi_thread *thread);
+
 /* Pushes a context the thread now owns, with `tags` (CVI_BORROWED ...);
  * false if memory is short. */
-bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, uintptr_t tags);
+static inline bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx, uintptr_t tags)
+{
+    if (__builtin_expect(thread->depth == thread->stack_capacity, 0) && !cvi_thread_grow(thread))
+        return false;
+    thread->stack[thread->depth++] = (cv_context_t *)((uintptr_t)ctx | tags);
+    return true;
+}
 
 /* A process-unique context id; never reused, so a token cannot mistake a
  * new context at a reused address for its own. */
