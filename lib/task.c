@@ -5,14 +5,13 @@
  * A task carries the captured map itself (one reference to its root), not
  * a context: capture allocates nothing. The executing thread runs it in a
  * context object of its own that it reuses from task to task, made new
- * (empty stack entry, fresh identity) each time, and claimed without an
- * atomic read-modify-write, since no other thread can reach it before the
+ * each time (a fresh identity, so no token outlives its task), and claimed
+ * without an atomic read-modify-write, since no other thread can reach it before the
  * task's fn does. Allocating that object at capture and freeing it at
  * execute, on another thread, was most of what propagation cost a pool.
  * If fn keeps the context (retains it), the thread gives it up and makes
  * another next time.
  */
-#include "alloc.h"
 #include "context.h"
 #include "thread.h"
 
