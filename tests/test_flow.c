@@ -21,22 +21,6 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
-static int enter_fresh(void **state)
-{
-    cv_context_t *ctx = cv_context_new();
-    if (!ctx || cv_context_enter(ctx) != CV_OK)
-        return -1;
-    *state = ctx;
-    return 0;
-}
-
-static int exit_fresh(void **state)
-{
-    cv_status_t status = cv_context_exit(*state);
-    cv_context_release(*state);
-    return status == CV_OK ? 0 : -1;
-}
-
 static char request[] = "req-1", other[] = "other";
 
 static void test_suppression_nests_and_restore_checks(void **state)
@@ -205,8 +189,7 @@ static void test_discarded_task_never_runs_and_keeps_nothing(void **state)
     (void)state;
     static struct tracked value;
     tracked_init(&value);
-    cv_var_t *var =
-        cv_var_new("v", &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
+    cv_var_t *var = tracked_var("v");
     cv_token_t tok;
     assert_int_equal(cv_set(var, &value, &tok), CV_OK);
     struct job job = {.var = var};
@@ -228,8 +211,7 @@ static void test_suppressed_task_carries_and_keeps_no_values(void **state)
     (void)state;
     static struct tracked value;
     tracked_init(&value);
-    cv_var_t *var =
-        cv_var_new("v", &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
+    cv_var_t *var = tracked_var("v");
     cv_token_t tok;
     assert_int_equal(cv_set(var, &value, &tok), CV_OK);
     struct job job = {.var = var};
@@ -420,8 +402,7 @@ static void test_thread_exit_inside_a_task(void **state)
     (void)state;
     static struct tracked value;
     tracked_init(&value);
-    cv_var_t *var =
-        cv_var_new("v", &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
+    cv_var_t *var = tracked_var("v");
     cv_token_t tok;
     assert_int_equal(cv_set(var, &value, &tok), CV_OK);
     cv_task_t tasks[2];

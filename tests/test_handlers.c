@@ -58,22 +58,6 @@ static void expect_change(const struct log *log, int i, cv_change_cause_t cause,
         assert_ptr_equal(c->new_value, new_value);
 }
 
-static int enter_fresh(void **state)
-{
-    cv_context_t *ctx = cv_context_new();
-    if (!ctx || cv_context_enter(ctx) != CV_OK)
-        return -1;
-    *state = ctx;
-    return 0;
-}
-
-static int exit_fresh(void **state)
-{
-    cv_status_t status = cv_context_exit(*state);
-    cv_context_release(*state);
-    return status == CV_OK ? 0 : -1;
-}
-
 static char a[] = "a", b[] = "b", c[] = "c";
 
 static void nothing(void *arg)

@@ -369,8 +369,7 @@ static void test_token_of_a_released_context(void **state)
     struct tracked old, value;
     tracked_init(&old);
     tracked_init(&value);
-    cv_var_t *var =
-        cv_var_new("v", &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
+    cv_var_t *var = tracked_var("v");
     cv_context_t *gone = cv_context_new();
     assert_int_equal(cv_context_enter(gone), CV_OK);
     assert_int_equal(cv_set(var, &old, NULL), CV_OK);
@@ -725,8 +724,7 @@ static void test_out_of_memory_changes_nothing(void **state)
     struct tracked value, old;
     tracked_init(&value);
     tracked_init(&old);
-    cv_var_t *var =
-        cv_var_new("v", &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
+    cv_var_t *var = tracked_var("v");
     cv_context_t *ctx = cv_context_new();
     assert_int_equal(cv_context_enter(ctx), CV_OK);
 

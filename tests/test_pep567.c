@@ -25,17 +25,6 @@
 
 /* ------------------------------------------------------------- helpers */
 
-static cv_var_t *tracked_var(const char *name, void *default_value, bool has_default)
-{
-    cv_var_opts_t opts = {
-        .default_value = default_value,
-        .has_default = has_default,
-        .retain = tracked_retain,
-        .release = tracked_release,
-    };
-    return cv_var_new(name, &opts);
-}
-
 static cv_var_t *var_with_default(const char *name, void *default_value)
 {
     return cv_var_new(name, &(cv_var_opts_t){.default_value = default_value, .has_default = true});
@@ -868,7 +857,7 @@ static void test_hooks_balance_after_barrier(void **state)
     tracked_init(&a);
     tracked_init(&b);
     tracked_init(&c);
-    cv_var_t *var = tracked_var("tracked", NULL, false);
+    cv_var_t *var = tracked_var("tracked");
     cv_context_t *ctx = cv_context_new();
     assert_int_equal(cv_context_enter(ctx), CV_OK);
 
@@ -945,7 +934,7 @@ static void test_hooks_balance_across_threads(void **state)
     struct tracked inherited, own;
     tracked_init(&inherited);
     tracked_init(&own);
-    cv_var_t *var = tracked_var("tracked", NULL, false);
+    cv_var_t *var = tracked_var("tracked");
     cv_token_t tok;
     assert_int_equal(cv_set(var, &inherited, &tok), CV_OK);
     struct hook_thread_job job = {.var = var, .value = &own};
@@ -969,7 +958,10 @@ static void test_default_is_never_passed_to_hooks(void **state)
     struct tracked dflt, value;
     tracked_init(&dflt);
     tracked_init(&value);
-    cv_var_t *var = tracked_var("defaulted", &dflt, true);
+    cv_var_t *var = cv_var_new("defaulted", &(cv_var_opts_t){.default_value = &dflt,
+                                                             .has_default = true,
+                                                             .retain = tracked_retain,
+                                                             .release = tracked_release});
     void *out = NULL;
     assert_int_equal(cv_get(var, &out), CV_OK);
     assert_ptr_equal(out, &dflt);
@@ -1008,7 +1000,7 @@ static void test_released_variable_lives_on_in_contexts(void **state)
     struct tracked first, second;
     tracked_init(&first);
     tracked_init(&second);
-    cv_var_t *var = tracked_var("orphan", NULL, false);
+    cv_var_t *var = tracked_var("orphan");
     cv_context_t *ctx = cv_context_new();
     run_set(ctx, var, &first);
     cv_context_t *copy = cv_context_copy(ctx);

@@ -21,30 +21,6 @@
 
 static char value_a[] = "a", value_b[] = "b", value_c[] = "c", value_d[] = "d";
 
-static cv_var_t *tracked_var(const char *name)
-{
-    return cv_var_new(name, &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
-}
-
-/* A fresh context entered for the test, so that no test sees another's
- * leftovers in the thread's base context. */
-static int enter_fresh(void **state)
-{
-    cv_context_t *ctx = cv_context_new();
-    if (!ctx || cv_context_enter(ctx) != CV_OK)
-        return -1;
-    *state = ctx;
-    return 0;
-}
-
-static int exit_fresh(void **state)
-{
-    cv_context_t *ctx = *state;
-    int failed = cv_context_exit(ctx) != CV_OK;
-    cv_context_release(ctx);
-    return failed ? -1 : 0;
-}
-
 /* ------------------------------------------------------------- values */
 
 static void test_old_value_is_missing_for_an_unset_variable(void **state)

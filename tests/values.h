@@ -1,7 +1,8 @@
 /*
- * Values for the suites: reads that check their status, and values that
- * count the references the library takes and drops through a variable's
- * retain/release hooks. Include after <cmocka.h>.
+ * Values for the suites: reads that check their status, values that count
+ * the references the library takes and drops through a variable's
+ * retain/release hooks, and a fresh context for each test. Include after
+ * <cmocka.h>.
  */
 #ifndef CV_TESTS_VALUES_H
 #define CV_TESTS_VALUES_H
@@ -70,6 +71,31 @@ static inline void tracked_release(void *value)
     atomic_fetch_add(&t->releases, 1);
     if (atomic_fetch_sub(&t->live, 1) <= 0)
         atomic_fetch_add(&underflows, 1);
+}
+
+/* A variable whose values are tracked by the hooks above. */
+static inline cv_var_t *tracked_var(const char *name)
+{
+    return cv_var_new(name, &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
+}
+
+/* Setup and teardown: a fresh context entered for the test, so that no
+ * test sees another's leftovers in the thread's base context. */
+static inline int enter_fresh(void **state)
+{
+    cv_context_t *ctx = cv_context_new();
+    if (!ctx || cv_context_enter(ctx) != CV_OK)
+        return -1;
+    *state = ctx;
+    return 0;
+}
+
+static inline int exit_fresh(void **state)
+{
+    cv_context_t *ctx = *state;
+    int failed = cv_context_exit(ctx) != CV_OK;
+    cv_context_release(ctx);
+    return failed ? -1 : 0;
 }
 
 #endif
