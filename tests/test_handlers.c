@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "late_calls.h"
 #include "run_selected.h"
 #include "values.h"
 
@@ -323,21 +324,11 @@ static void test_many_variables_with_handlers(void **state)
 
 /* Release under fire: threads switch between two contexts that disagree
  * on the variable while the main thread releases it; after the release
- * returns, the handler's data is marked dead and must see no call. */
-struct target {
-    atomic_bool dead;
-    atomic_long calls, late_calls;
-};
-
+ * returns, the handler must see no call (late_calls.h). */
 static void check_alive(const cv_change_t *change, void *data)
 {
     (void)change;
-    struct target *t = data;
-    atomic_fetch_add(&t->calls, 1);
-    for (volatile int spin = 0; spin < 20000; spin = spin + 1)
-        ;
-    if (atomic_load(&t->dead))
-        atomic_fetch_add(&t->late_calls, 1);
+    target_called(data);
 }
 
 struct switcher {
@@ -362,9 +353,7 @@ static void test_release_waits_for_calls_under_way(void **state)
     long calls = 0, late = 0;
     for (int round = 0; round < ROUNDS; round++) {
         struct target t;
-        atomic_init(&t.dead, false);
-        atomic_init(&t.calls, 0);
-        atomic_init(&t.late_calls, 0);
+        target_init(&t);
         cv_var_t *var =
             cv_var_new("v", &(cv_var_opts_t){.on_change = check_alive, .on_change_data = &t});
         cv_context_t *with_value = cv_context_new();
@@ -381,15 +370,14 @@ static void test_release_waits_for_calls_under_way(void **state)
             sched_yield();
         long before = atomic_load(&t.calls);
         cv_var_release(var);
-        atomic_store(&t.dead, true);
-        long at_release = atomic_load(&t.calls);
+        long at_release = target_kill(&t);
         for (volatile int spin = 0; spin < 20000; spin = spin + 1)
             ;
         atomic_store(&done, true);
         for (int i = 0; i < SWITCHERS; i++)
             assert_int_equal(pthread_join(threads[i], NULL), 0);
         calls += before;
-        late += atomic_load(&t.late_calls) + (atomic_load(&t.calls) - at_release);
+        late += target_late_calls(&t, at_release);
         cv_context_release(with_value);
     }
     assert_int_equal(late, 0);

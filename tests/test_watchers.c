@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "late_calls.h"
 #include "run_selected.h"
 #include "values.h"
 
@@ -368,24 +369,11 @@ static void test_thread_start_and_exit_are_not_switches(void **state)
 }
 
 /* Removal under fire: a thread switches without pause while the main
- * thread adds and removes a watcher. After each removal returns, the
- * watcher's data is marked dead; a call that sees it dead is a call the
- * removal should have waited for. */
-struct target {
-    atomic_bool dead;
-    atomic_long calls, late_calls;
-};
-
+ * thread adds and removes a watcher (late_calls.h). */
 static void check_alive(cv_switch_event_t kind, cv_context_t *from, cv_context_t *to, void *data)
 {
     (void)kind, (void)from, (void)to;
-    struct target *t = data;
-    atomic_fetch_add(&t->calls, 1);
-    /* Give a racing removal time to slip past a call under way. */
-    for (volatile int spin = 0; spin < 20000; spin = spin + 1)
-        ;
-    if (atomic_load(&t->dead))
-        atomic_fetch_add(&t->late_calls, 1);
+    target_called(data);
 }
 
 static atomic_bool switching_done;
@@ -411,21 +399,18 @@ static void test_removal_waits_for_calls_under_way(void **state)
     long calls = 0, late = 0;
     for (int round = 0; round < ROUNDS; round++) {
         struct target t;
-        atomic_init(&t.dead, false);
-        atomic_init(&t.calls, 0);
-        atomic_init(&t.late_calls, 0);
+        target_init(&t);
         int id;
         assert_int_equal(cv_watcher_add(check_alive, &t, &id), CV_OK);
         /* Removed while the switchers are calling it, not before they run. */
         while (atomic_load(&t.calls) == 0)
             sched_yield();
         assert_int_equal(cv_watcher_remove(id), CV_OK);
-        atomic_store(&t.dead, true);
-        long after_removal = atomic_load(&t.calls);
+        long after_removal = target_kill(&t);
         for (volatile int spin = 0; spin < 2000; spin = spin + 1)
             ;
         calls += after_removal;
-        late += atomic_load(&t.late_calls) + (atomic_load(&t.calls) - after_removal);
+        late += target_late_calls(&t, after_removal);
     }
     atomic_store(&switching_done, true);
     for (int i = 0; i < SWITCHERS; i++)
