@@ -112,7 +112,7 @@ class HandledVar
 /* single.cc's empty_task: the function every run row runs. */
 static void empty_fn(void *arg)
 {
-    benchmark::DoNotOptimize(arg);
+    keep(arg);
 }
 
 struct SetArgs {

@@ -42,6 +42,18 @@ struct Config {
 
 Config &config();
 
+/* ---------------------------------------------------------------- sink */
+
+/* Makes the compiler produce `value` in a register, as a reader of it would,
+ * and treat memory as changed. Used instead of benchmark::DoNotOptimize:
+ * google-benchmark 1.7.1 gives GCC the constraint "+m,r", which lets GCC
+ * pass the variable a value was loaded from as the memory operand, so the
+ * load vanished and the `__thread` get row timed an empty loop. */
+template <typename T> inline void keep(T value)
+{
+    asm volatile("" : : "r"(value) : "memory");
+}
+
 /* ------------------------------------------------------------- threads */
 
 /* The CPUs this process may run on (sched_getaffinity at start-up), so

@@ -171,7 +171,7 @@ static void get_cached_cpython(benchmark::State &state)
     Py_XDECREF(py_get(var)); /* fills the variable's cache */
     for (auto _ : state) {
         PyObject *value = py_get(var);
-        benchmark::DoNotOptimize(value);
+        keep(value);
         Py_XDECREF(value);
     }
     py_exit(ctx);
@@ -223,7 +223,7 @@ static void lookup_cpython(benchmark::State &state, size_t n)
         PyObject *value = PyObject_GetItem(a, cycle.current());
         if (__builtin_expect(!value, 0))
             py_die("Context.__getitem__");
-        benchmark::DoNotOptimize(value);
+        keep(value);
         Py_DECREF(value);
         cycle.step();
     }
@@ -275,7 +275,7 @@ static void copy_cpython(benchmark::State &state, size_t n)
         PyObject *copy = PyContext_CopyCurrent();
         if (__builtin_expect(!copy, 0))
             py_die("PyContext_CopyCurrent");
-        benchmark::DoNotOptimize(copy);
+        keep(copy);
         Py_DECREF(copy);
     }
     py_exit(ctx);

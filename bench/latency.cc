@@ -63,7 +63,7 @@ static void latency_get_thread_local(benchmark::State &state)
     tls_value = reinterpret_cast<void *>(1);
     sample(state, [] {
         void *value = tls_value;
-        benchmark::DoNotOptimize(value);
+        keep(value);
     });
 }
 
@@ -72,7 +72,7 @@ static void latency_get_pthread(benchmark::State &state)
     pthread_setspecific(latency_key, reinterpret_cast<void *>(1));
     sample(state, [] {
         void *value = pthread_getspecific(latency_key);
-        benchmark::DoNotOptimize(value);
+        keep(value);
     });
 }
 
@@ -85,7 +85,7 @@ static void latency_get_ctxvars(benchmark::State &state)
     cv_get(var, &value);
     sample(state, [&] {
         cv_get(var, &value);
-        benchmark::DoNotOptimize(value);
+        keep(value);
     });
     check(cv_context_exit(ctx), "cv_context_exit");
     cv_context_release(ctx);

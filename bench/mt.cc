@@ -69,7 +69,7 @@ static void mt_get_ctxvars(benchmark::State &state)
     cv_get(var, &value);
     for (auto _ : state) {
         cv_get(var, &value);
-        benchmark::DoNotOptimize(value);
+        keep(value);
     }
     if (value != reinterpret_cast<void *>(1))
         state.SkipWithError("cv_get returned the wrong value");
@@ -81,7 +81,7 @@ static void mt_get_thread_local(benchmark::State &state)
     tls_value = reinterpret_cast<void *>(1);
     for (auto _ : state) {
         void *value = tls_value;
-        benchmark::DoNotOptimize(value);
+        keep(value);
     }
 }
 
@@ -91,7 +91,7 @@ static void mt_get_pthread(benchmark::State &state)
     pthread_setspecific(mt_key, reinterpret_cast<void *>(1));
     for (auto _ : state) {
         void *value = pthread_getspecific(mt_key);
-        benchmark::DoNotOptimize(value);
+        keep(value);
     }
 }
 
@@ -178,7 +178,7 @@ static void mt_copy_shared_ctxvars(benchmark::State &state)
     cv_context_t *shared = core_vars().shared;
     for (auto _ : state) {
         cv_context_t *copy = cv_context_copy(shared);
-        benchmark::DoNotOptimize(copy);
+        keep(copy);
         cv_context_release(copy);
     }
 }
@@ -200,7 +200,7 @@ static void mt_copy_shared_naive(benchmark::State &state)
     NaiveContext &shared = naive_shared();
     for (auto _ : state) {
         NaiveContext *copy = new NaiveContext(shared);
-        benchmark::DoNotOptimize(copy);
+        keep(copy);
         delete copy;
     }
 }

@@ -21,7 +21,7 @@ static void get_cached_ctxvars_call(benchmark::State &state)
     check(cv_get(var, &value), "cv_get");
     for (auto _ : state) {
         cv_get(var, &value);
-        benchmark::DoNotOptimize(value);
+        keep(value);
     }
     if (value != reinterpret_cast<void *>(1))
         state.SkipWithError("cv_get returned the wrong value");

@@ -93,7 +93,7 @@ static void get_cached_ctxvars(benchmark::State &state)
     CV_CHECK(cv_get(var, &value)); /* warms the cache entry */
     for (auto _ : state) {
         cv_get(var, &value);
-        benchmark::DoNotOptimize(value);
+        keep(value);
     }
     if (value != reinterpret_cast<void *>(1))
         state.SkipWithError("cv_get returned the wrong value");
@@ -105,9 +105,8 @@ static void get_cached_thread_local(benchmark::State &state)
 {
     tls_value = reinterpret_cast<void *>(1);
     for (auto _ : state) {
-        /* DoNotOptimize clobbers memory, so the load is redone each time. */
         void *value = tls_value;
-        benchmark::DoNotOptimize(value);
+        keep(value);
     }
 }
 
@@ -116,7 +115,7 @@ static void get_cached_pthread(benchmark::State &state)
     pthread_setspecific(pthread_value_key, reinterpret_cast<void *>(1));
     for (auto _ : state) {
         void *value = pthread_getspecific(pthread_value_key);
-        benchmark::DoNotOptimize(value);
+        keep(value);
     }
 }
 
@@ -130,7 +129,7 @@ static void get_cached_naive(benchmark::State &state)
     void *value = nullptr;
     for (auto _ : state) {
         naive_current->get(key, &value);
-        benchmark::DoNotOptimize(value);
+        keep(value);
     }
     naive_current = nullptr;
 }
@@ -296,7 +295,7 @@ static void copy_ctxvars(benchmark::State &state, size_t n)
     CV_CHECK(cv_context_enter(ctx));
     for (auto _ : state) {
         cv_context_t *copy = cv_copy_context();
-        benchmark::DoNotOptimize(copy);
+        keep(copy);
         cv_context_release(copy);
     }
     CV_CHECK(cv_context_exit(ctx));
@@ -307,7 +306,7 @@ static void copy_naive(benchmark::State &state, size_t n)
     naive_current = naive_fixture(n);
     for (auto _ : state) {
         NaiveContext *copy = new NaiveContext(*naive_current);
-        benchmark::DoNotOptimize(copy);
+        keep(copy);
         delete copy;
     }
     naive_current = nullptr;
@@ -317,7 +316,7 @@ static void copy_naive(benchmark::State &state, size_t n)
 
 static void empty_task(void *arg)
 {
-    benchmark::DoNotOptimize(arg);
+    keep(arg);
 }
 
 static void run_ctxvars(benchmark::State &state)
