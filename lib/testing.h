@@ -7,10 +7,16 @@
 #define CV_TESTING_H
 
 #include <ctxvars.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Gives `var` the map hash `hash`, so tests can force collisions. Only for
  * a variable that no context holds yet. */
 void cv_testing_set_var_hash(cv_var_t *var, uint32_t hash);
+
+/* With `software` true, the map counts bits without the CPU's POPCNT
+ * instruction, as it does on a CPU that lacks it (x86-64 builds for the
+ * baseline only; elsewhere a no-op). Single-threaded tests only. */
+void cv_testing_software_popcount(bool software);
 
 #endif

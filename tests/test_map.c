@@ -1226,6 +1226,18 @@ static void test_deep_trie(void **state)
     cv_reclaim_barrier();
 }
 
+/* The map's bit counting has a software path for x86-64 CPUs without
+ * POPCNT, which this machine never takes by itself: run the map's own
+ * checks through it. */
+static void test_software_popcount(void **state)
+{
+    cv_testing_software_popcount(true);
+    test_hamt_random_against_model(state);
+    test_hamt_depths_and_collapse(state);
+    test_forced_collisions(state);
+    cv_testing_software_popcount(false);
+}
+
 int main(void)
 {
     struct CMUnitTest tests[] = {
@@ -1236,6 +1248,7 @@ int main(void)
         cmocka_unit_test(test_forced_collisions),
         cmocka_unit_test(test_equality),
         cmocka_unit_test(test_deep_trie),
+        cmocka_unit_test(test_software_popcount),
     };
     return cv_test_run_selected(GROUP_NAME, tests, sizeof(tests) / sizeof(tests[0]));
 }
