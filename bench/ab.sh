@@ -5,7 +5,8 @@
 # watchers existed against the one that added them:
 #
 #   bench/ab.sh 39704a2 406fc11
-#   bench/ab.sh [--rounds N] [--filter REGEX] OLD NEW   (--rounds 0: counts only)
+#   bench/ab.sh [--rounds N] [--filter REGEX] [--sizes LIST] OLD NEW
+#   (--rounds 0: counts only; --sizes: context sizes of the sized rows, default 1)
 #
 # Builds each commit's own ctxvars_bench (glibc malloc, Release) from
 # `git archive` under ${TMPDIR:-/tmp}/ctxvars-ab/<commit> (the work tree
@@ -20,17 +21,19 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 rounds=5
+sizes=1
 filter='^(get_cached|run|enter_exit|switch)/ctxvars$|^(set_reset|copy)/ctxvars/vars:1$'
 revs=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --filter) filter=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --sizes) sizes=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) revs+=("$1"); shift ;;
   esac
 done
-[ ${#revs[@]} -eq 2 ] || { echo "usage: $0 [--rounds N] [--filter REGEX] OLD NEW" >&2; exit 2; }
+[ ${#revs[@]} -eq 2 ] || { echo "usage: $0 [--rounds N] [--filter REGEX] [--sizes LIST] OLD NEW" >&2; exit 2; }
 
 work="${TMPDIR:-/tmp}/ctxvars-ab"
 bins=() ops=()
@@ -86,7 +89,7 @@ for round in $(seq 1 "$rounds"); do
   for side in $order; do
     echo "=== round $round/$rounds: ${revs[$side]}"
     "${bins[$side]}" --benchmark_filter="$filter" --benchmark_repetitions=3 \
-      --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 --cv_sizes=1 \
+      --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 --cv_sizes="$sizes" \
       --benchmark_out="$out/side$side-round$round.json" --benchmark_out_format=json >/dev/null \
       2>>"$out/side$side.log" || { echo "${revs[$side]} failed:"; tail -20 "$out/side$side.log"; exit 1; }
   done
