@@ -228,27 +228,35 @@ _Static_assert(offsetof(cv_var_t, head) == 0 &&
                    sizeof(struct cvi_var_head) == sizeof(struct cv_private_var_head),
                "the header's inline get reads the slot here");
 
-static void cache_store(const cv_var_t *var, void *value)
+/* Makes the thread's cache cover `slot`; false if memory is short, which
+ * only costs the next get a full lookup. */
+static __attribute__((noinline, cold)) bool cache_grow(struct cv_private_lookup *lookup,
+                                                       uint32_t slot)
+{
+    uint32_t len = lookup->cache_len ? lookup->cache_len : 64;
+    while (len <= slot)
+        len *= 2;
+    struct cv_private_cache_entry *grown = cvi_alloc(len * sizeof(*grown));
+    if (!grown)
+        return false;
+    if (lookup->cache)
+        memcpy(grown, lookup->cache, lookup->cache_len * sizeof(*grown));
+    /* Version 0 never matches: a thread's version is at least 1 once it
+     * has a context. */
+    memset(grown + lookup->cache_len, 0, (len - lookup->cache_len) * sizeof(*grown));
+    cvi_free(lookup->cache, lookup->cache_len * sizeof(*grown));
+    lookup->cache = grown;
+    lookup->cache_len = len;
+    return true;
+}
+
+/* Inline: every set and every cache miss ends here. */
+static inline void cache_store(const cv_var_t *var, void *value)
 {
     struct cv_private_lookup *lookup = &cv_private_lookup_state;
     uint32_t slot = var->head.slot;
-    if (slot >= lookup->cache_len) {
-        /* Growth failing only costs the next get a full lookup. */
-        uint32_t len = lookup->cache_len ? lookup->cache_len : 64;
-        while (len <= slot)
-            len *= 2;
-        struct cv_private_cache_entry *grown = cvi_alloc(len * sizeof(*grown));
-        if (!grown)
-            return;
-        if (lookup->cache)
-            memcpy(grown, lookup->cache, lookup->cache_len * sizeof(*grown));
-        /* Version 0 never matches: a thread's version is at least 1 once it
-         * has a context. */
-        memset(grown + lookup->cache_len, 0, (len - lookup->cache_len) * sizeof(*grown));
-        cvi_free(lookup->cache, lookup->cache_len * sizeof(*grown));
-        lookup->cache = grown;
-        lookup->cache_len = len;
-    }
+    if (__builtin_expect(slot >= lookup->cache_len, 0) && !cache_grow(lookup, slot))
+        return;
     lookup->cache[slot] = (struct cv_private_cache_entry){lookup->version, value};
 }
 
