@@ -84,7 +84,7 @@ void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root)
     ctx->arrivals_seen = 0;
     ctx->quiet_updates = 0;
     atomic_init(&ctx->refs, 1);
-    ctx->id = cvi_thread_next_context_id();
+    ctx->id = cvi_thread_next_id();
 }
 
 cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
@@ -408,7 +408,7 @@ static cv_status_t enter(cv_context_t *ctx, enum entry entry)
     /* A private context has had no reader that could find it unowned. */
     if (entry != ENTER_PRIVATE)
         cvi_context_claimed(ctx);
-    cvi_thread_view_changed();
+    cvi_context_view(ctx);
     if (cvi_callbacks_registered())
         cvi_switch_notify(thread, CV_SWITCH_ENTER,
                           cvi_stack_context(thread->stack[thread->depth - 2]), ctx);
@@ -425,7 +425,7 @@ cv_status_t cv_context_enter(cv_context_t *ctx)
 __attribute__((always_inline)) static inline void pop(struct cvi_thread *thread)
 {
     cv_context_t *top = thread->stack[--thread->depth];
-    cvi_thread_view_changed();
+    cvi_context_view(cvi_thread_current(thread));
     /* Before the context is given up: callbacks read both maps as owned. */
     if (cvi_callbacks_registered())
         cvi_switch_notify(thread, CV_SWITCH_EXIT, cvi_stack_context(top),

@@ -54,6 +54,19 @@ static inline cvi_hamt_node *cvi_context_owned_root(cv_context_t *ctx)
     return atomic_load_explicit(&ctx->root, memory_order_relaxed);
 }
 
+/* The label of the map under `root` (var.c's top comment): given to every
+ * root a write makes, before it is published. */
+static inline uint64_t cvi_map_label(const cvi_hamt_node *root)
+{
+    return root ? cvi_hamt_label(root) : CVI_EMPTY_MAP_LABEL;
+}
+
+/* The calling thread's view is now `ctx`, which it owns. */
+static inline void cvi_context_view(cv_context_t *ctx)
+{
+    cvi_thread_view(cvi_map_label(cvi_context_owned_root(ctx)));
+}
+
 /* The foreign word (context.c's top comment), from the low bits: the mode
  * (2 bits), the flag of reads while unowned, grace periods pending since a
  * claim (16 bits), readers inside (24 bits), arrivals (21 bits, wrapping). */

@@ -70,8 +70,9 @@ struct entry {
 
 struct cvi_hamt_node {
     /* First word: the caller's once the node is dead. A separate field, not
-     * overlaid on live ones, since readers may still walk a dead node. */
-    void *dead_link;
+     * overlaid on live ones, since readers may still walk a dead node. Then
+     * the caller's label. */
+    struct cvi_hamt_node_head head;
     atomic_uint refs;
     uint8_t kind;
     atomic_bool shared; /* see cvi_hamt_mark_shared */
@@ -81,6 +82,8 @@ struct cvi_hamt_node {
     uint32_t bitmap_or_hash;
     struct entry entries[];
 };
+
+_Static_assert(offsetof(struct cvi_hamt_node, head) == 0, "the head's accessors assume it");
 
 static size_t node_size(uint32_t len)
 {
@@ -92,6 +95,7 @@ static cvi_hamt_node *node_new(enum node_kind kind, uint32_t len, uint32_t bitma
     cvi_hamt_node *node = cvi_alloc(node_size(len));
     if (!node)
         return NULL;
+    atomic_init(&node->head.label, 0);
     atomic_init(&node->refs, 1);
     node->kind = (uint8_t)kind;
     atomic_init(&node->shared, false);

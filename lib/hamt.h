@@ -13,11 +13,20 @@
 #define CV_HAMT_H
 
 #include <ctxvars.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 typedef struct cvi_hamt_node cvi_hamt_node;
+
+/* The first two words of every node, public so that the label's accessors
+ * below are inline (they sit on the context switch path); the rest of a node
+ * is hamt.c's. */
+struct cvi_hamt_node_head {
+    void *dead_link; /* the caller's once the node is dead (cvi_hamt_release) */
+    _Atomic uint64_t label;
+};
 
 typedef struct cvi_hamt_ops {
     uint32_t (*hash)(const void *key);
@@ -85,6 +94,22 @@ void cvi_hamt_destroy(cvi_hamt_node *node, const cvi_hamt_ops *ops);
  * dropping a reference; read by whoever drops the last one. */
 void cvi_hamt_mark_shared(cvi_hamt_node *node);
 bool cvi_hamt_is_shared(const cvi_hamt_node *node);
+
+/* A number the caller may attach to a root, such as the identity of the map
+ * it stands for. A new node's is 0; the map never reads it, and updates do
+ * not carry it to the nodes they make. Relaxed: the caller orders it as it
+ * orders the root's publication. */
+static inline uint64_t cvi_hamt_label(const cvi_hamt_node *node)
+{
+    return atomic_load_explicit(&((const struct cvi_hamt_node_head *)(const void *)node)->label,
+                                memory_order_relaxed);
+}
+
+static inline void cvi_hamt_set_label(cvi_hamt_node *node, uint64_t label)
+{
+    atomic_store_explicit(&((struct cvi_hamt_node_head *)(void *)node)->label, label,
+                          memory_order_relaxed);
+}
 
 bool cvi_hamt_equal(const cvi_hamt_node *a, const cvi_hamt_node *b, const cvi_hamt_ops *ops);
 

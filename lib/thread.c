@@ -21,9 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Ids come in blocks so that making contexts on many threads at once does
- * not contend on one counter. */
-#define CONTEXT_ID_BLOCK 1024
+/* Ids come in blocks so that making contexts and writing maps on many
+ * threads at once does not contend on one counter. */
+#define ID_BLOCK 1024
 
 __thread struct cvi_thread cvi_thread_state __attribute__((tls_model("initial-exec")));
 __thread struct cv_private_lookup cv_private_lookup_state
@@ -63,18 +63,19 @@ static void unregister_thread(struct cvi_thread *thread)
 
 static pthread_key_t thread_exit_key;
 static pthread_once_t thread_exit_key_once = PTHREAD_ONCE_INIT;
-static atomic_uint_fast64_t next_context_id_block = 1; /* id 0 marks an empty token */
+/* Starts above the ids that are never handed out (thread.h). */
+static atomic_uint_fast64_t next_id_block = CVI_EMPTY_MAP_LABEL + 1;
 
-uint64_t cvi_thread_next_context_id(void)
+uint64_t cvi_thread_next_id(void)
 {
     struct cvi_thread *thread = &cvi_thread_state;
-    if (thread->next_context_id == thread->context_id_end) {
+    if (thread->next_id == thread->id_block_end) {
         /* Relaxed: only uniqueness matters, which the RMW gives. */
-        thread->next_context_id = atomic_fetch_add_explicit(&next_context_id_block,
-                                                            CONTEXT_ID_BLOCK, memory_order_relaxed);
-        thread->context_id_end = thread->next_context_id + CONTEXT_ID_BLOCK;
+        thread->next_id =
+            atomic_fetch_add_explicit(&next_id_block, ID_BLOCK, memory_order_relaxed);
+        thread->id_block_end = thread->next_id + ID_BLOCK;
     }
-    return thread->next_context_id++;
+    return thread->next_id++;
 }
 
 /* Leaves every entered context, the base included, and frees the stack and
@@ -103,7 +104,7 @@ static void on_thread_exit(void *arg)
     cvi_free(lookup->cache, lookup->cache_len * sizeof(*lookup->cache));
     lookup->cache = NULL;
     lookup->cache_len = 0;
-    cvi_thread_view_changed();
+    cvi_thread_view(CVI_EMPTY_MAP_LABEL);
     /* Cleared: a thread that exits from inside an update in place (a
      * release hook calling pthread_exit) has abandoned it, and fork(),
      * which holds the registry while it waits, must not wait for it.
@@ -142,7 +143,7 @@ static void install_base(struct cvi_thread *thread, cv_context_t *base)
     thread->stack[0] = base;
     thread->depth = 1;
     thread->run_floor = 0;
-    cvi_thread_view_changed();
+    cvi_context_view(base);
 }
 
 struct cvi_thread *cvi_thread_start(void)

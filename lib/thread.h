@@ -1,6 +1,6 @@
 /*
- * Per-thread state: the stack of entered contexts, the version that keys
- * the lookup cache, and the block of context ids the thread hands out.
+ * Per-thread state: the stack of entered contexts, the label that keys the
+ * lookup cache, and the block of ids the thread hands out.
  */
 #ifndef CV_THREAD_H
 #define CV_THREAD_H
@@ -19,7 +19,7 @@ struct cvi_thread {
     cv_context_t **stack; /* entries tagged where lent (CVI_BORROWED, below) */
     uint32_t stack_capacity;
     uint32_t run_floor; /* exit may only pop entries above this index */
-    uint64_t next_context_id, context_id_end;
+    uint64_t next_id, id_block_end;
     bool exit_hook_armed;
     /* Set while the thread updates a map in place: fork() waits until no
      * registered thread has it set (thread.c). Only registered threads
@@ -72,10 +72,11 @@ extern atomic_bool cvi_fork_pending;
 /* Returns once the fork() under way is done. */
 void cvi_wait_for_fork(void);
 
-/* The calling thread's view changed: every cached lookup is stale. */
-static inline void cvi_thread_view_changed(void)
+/* The calling thread now reads the map labelled `label` (context.h): cache
+ * entries stored under any other label stop counting. */
+static inline void cvi_thread_view(uint64_t label)
 {
-    cv_private_lookup_state.version++;
+    cv_private_lookup_state.version = label;
 }
 
 /* cvi_thread_ready's first call on a thread: arms the exit hook and
@@ -108,9 +109,15 @@ static inline bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx,
     return true;
 }
 
-/* A process-unique context id; never reused, so a token cannot mistake a
- * new context at a reused address for its own. */
-uint64_t cvi_thread_next_context_id(void);
+/* A process-unique id, for contexts and for the labels of their maps. Never
+ * reused, so a token cannot mistake a new context at a reused address for
+ * its own, nor a cache entry a new map for an old one. Never 0 (the empty
+ * token's) nor CVI_EMPTY_MAP_LABEL. */
+uint64_t cvi_thread_next_id(void);
+
+/* The label of the empty map. No cache entry is ever stored under it, since
+ * only values found in a map are cached. */
+#define CVI_EMPTY_MAP_LABEL UINT64_C(1)
 
 /* Frees the thread's reusable task context (task.c). */
 void cvi_task_thread_exit(struct cvi_thread *thread);

@@ -2,18 +2,22 @@
  * Variables, tokens and the per-thread lookup cache.
  *
  * The cache: every thread has an array of (version, value) entries indexed
- * by a small integer slot that each variable gets at creation. A thread's
- * version changes whenever what cv_get can see on that thread changes (a
- * set or reset by the thread, an enter or exit), and nothing else can
- * change it: only the thread that has a context entered may write it. So an
- * entry whose version equals the thread's is exactly what a full lookup
- * would return. A warm cv_get is a TLS load, a bounds check, one compare
- * and a load from memory no other thread touches.
+ * by a small integer slot that each variable gets at creation. An entry's
+ * version is the label of the map its value was found in, and the thread's
+ * version is the label of the map of its current context. Every write
+ * gives the root it leaves a label never used before (also a root changed
+ * in place), and a map never changes under a label: so an entry whose
+ * version equals the thread's is exactly what a full lookup would return.
+ * Switching to a context with the same map (a copy, a task captured from
+ * the same context as the last one) keeps the entries; any other switch,
+ * and every write, leaves them stale. A warm cv_get is a TLS load, a bounds
+ * check, one compare and a load from memory no other thread touches.
  *
- * Only values found in the map are cached, never defaults. That keeps slot
- * reuse safe without generation counts: an entry at the current version
- * was found in the current context, which therefore still holds the
- * variable, which therefore is alive and still owns its slot.
+ * Only values found in the map are cached, never defaults, and nothing is
+ * stored under the empty map's label. That keeps slot reuse safe without
+ * generation counts: an entry at the current version was found in the
+ * current map, which therefore still holds the variable, which therefore
+ * is alive and still owns its slot.
  */
 #include "var.h"
 
@@ -341,17 +345,25 @@ static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, v
         ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, &cvi_var_entry_ops)
                     : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, &cvi_var_entry_ops,
                                               old_value, had_old);
+        /* The root may be the same node with other contents: a new label
+         * all the same, before end_write publishes it. */
+        if (ok && root)
+            cvi_hamt_set_label(root, cvi_thread_next_id());
         cvi_context_end_write(ctx, root);
     } else {
         cvi_hamt_node *new_root;
         ok = remove ? cvi_hamt_without(root, var, var->head.hash, &cvi_var_entry_ops, &new_root)
                     : cvi_hamt_assoc(root, var, var->head.hash, value, &cvi_var_entry_ops,
                                      &new_root, old_value, had_old);
-        if (ok)
-            cvi_context_publish(ctx, new_root);
+        if (!ok)
+            return false;
+        /* An unchanged root keeps its label (and may be shared). */
+        if (new_root && new_root != root)
+            cvi_hamt_set_label(new_root, cvi_thread_next_id());
+        cvi_context_publish(ctx, new_root);
     }
     if (ok)
-        cvi_thread_view_changed();
+        cvi_context_view(ctx);
     return ok;
 }
 

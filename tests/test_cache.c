@@ -3,7 +3,8 @@
  * never answer with a value that a full lookup in the current context
  * would not give. Every way the answer can change is exercised: set,
  * reset, enter, exit, run entry and return, other threads, variables freed
- * and created again in a reused slot, contexts with the same history.
+ * and created again in a reused slot, contexts with the same history or
+ * the same map, a map changed in place by another thread.
  *
  * Every read goes through check_get, which asks the inline macro (twice:
  * cold, then warm), the exported function and cv_get_or, and wants the
@@ -443,6 +444,117 @@ static void test_copy_then_modify(void **state)
         cv_context_release(copy);
     }
     cv_var_release(x);
+}
+
+/* Entries are keyed by the map they came from, so a switch to another
+ * context over the same map (a copy, a task captured here) keeps them. They
+ * must still never answer for a map that differs, however the two were
+ * reached. */
+struct same_map {
+    cv_var_t *x, *y;
+    const char *failure;
+};
+
+static void same_map_task(void *arg)
+{
+    struct same_map *sm = arg;
+    cv_token_t tok;
+    if (get_mismatch(sm->x, HAS_VALUE, VAL(1)) || get_mismatch(sm->y, HAS_VALUE, VAL(2)))
+        sm->failure = "the captured map";
+    else if (cv_set(sm->y, VAL(7), &tok) != CV_OK || get_mismatch(sm->y, HAS_VALUE, VAL(7)))
+        sm->failure = "a set in the task";
+    /* The same contents as the captured map again, under a new label. */
+    else if (cv_reset(sm->y, &tok) != CV_OK || get_mismatch(sm->y, HAS_VALUE, VAL(2)) ||
+             get_mismatch(sm->x, HAS_VALUE, VAL(1)))
+        sm->failure = "the reset in the task";
+}
+
+static void test_contexts_over_the_same_map(void **state)
+{
+    (void)state;
+    struct same_map sm = {new_var("x"), new_var("y"), NULL};
+    assert_int_equal(cv_set(sm.x, VAL(1), NULL), CV_OK);
+    assert_int_equal(cv_set(sm.y, VAL(2), NULL), CV_OK);
+    check_value(sm.x, VAL(1));
+    cv_context_t *copy = cv_copy_context();
+    assert_non_null(copy);
+    for (int round = 0; round < 3; round++) {
+        assert_int_equal(cv_context_enter(copy), CV_OK);
+        check_value(sm.x, VAL(1));
+        check_value(sm.y, VAL(2));
+        assert_int_equal(cv_context_exit(copy), CV_OK);
+        check_value(sm.x, VAL(1));
+        cv_task_t task;
+        assert_int_equal(cv_task_init(&task, same_map_task, &sm), CV_OK);
+        assert_int_equal(cv_task_run(&task), CV_OK);
+        if (sm.failure)
+            fail_msg("round %d: %s", round, sm.failure);
+        check_value(sm.y, VAL(2));
+    }
+    /* Here the map moves on; the copy keeps the old one, whose entries the
+     * set has just overwritten here. */
+    assert_int_equal(cv_set(sm.x, VAL(3), NULL), CV_OK);
+    check_value(sm.x, VAL(3));
+    assert_int_equal(cv_context_enter(copy), CV_OK);
+    check_value(sm.x, VAL(1));
+    assert_int_equal(cv_set(sm.y, VAL(4), NULL), CV_OK);
+    assert_int_equal(cv_context_exit(copy), CV_OK);
+    check_value(sm.x, VAL(3));
+    check_value(sm.y, VAL(2));
+    cv_context_release(copy);
+    cv_var_release(sm.x);
+    cv_var_release(sm.y);
+}
+
+/* A context left by this thread and changed in place by another: the map
+ * under the root this thread saw is not the map it finds on return. */
+struct in_place_elsewhere {
+    cv_context_t *ctx;
+    cv_var_t *x;
+    cv_token_t *token;
+    const char *failure;
+};
+
+static void *remove_elsewhere_main(void *arg)
+{
+    struct in_place_elsewhere *ie = arg;
+    if (cv_context_enter(ie->ctx) != CV_OK)
+        ie->failure = "enter";
+    else if (cv_reset(ie->x, ie->token) != CV_OK)
+        ie->failure = "reset";
+    else if (cv_context_exit(ie->ctx) != CV_OK)
+        ie->failure = "exit";
+    return NULL;
+}
+
+static void test_changed_in_place_by_another_thread(void **state)
+{
+    (void)state;
+    cv_token_t token;
+    struct in_place_elsewhere ie = {cv_context_new(), new_var("x"), &token, NULL};
+    /* Keeps the root: removing x then changes that node in place. */
+    cv_var_t *keep = new_var("keep");
+    assert_int_equal(cv_context_enter(ie.ctx), CV_OK);
+    assert_int_equal(cv_set(keep, VAL(1), NULL), CV_OK);
+    assert_int_equal(cv_context_exit(ie.ctx), CV_OK);
+    for (int round = 0; round < 20; round++) {
+        assert_int_equal(cv_context_enter(ie.ctx), CV_OK);
+        assert_int_equal(cv_set(ie.x, VAL(10 + round), &token), CV_OK);
+        check_value(ie.x, VAL(10 + round));
+        assert_int_equal(cv_context_exit(ie.ctx), CV_OK);
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, remove_elsewhere_main, &ie), 0);
+        assert_int_equal(pthread_join(t, NULL), 0);
+        if (ie.failure)
+            fail_msg("round %d: %s", round, ie.failure);
+        assert_int_equal(cv_context_enter(ie.ctx), CV_OK);
+        check_none(ie.x);
+        check_value(keep, VAL(1));
+        assert_int_equal(cv_context_exit(ie.ctx), CV_OK);
+    }
+    cv_context_release(ie.ctx);
+    cv_var_release(ie.x);
+    cv_var_release(keep);
 }
 
 /* More variables than the cache's first allocation: growth keeps old
@@ -891,6 +1003,8 @@ int main(void)
         T(test_reused_slot),
         T(test_contexts_with_the_same_history),
         T(test_copy_then_modify),
+        T(test_contexts_over_the_same_map),
+        T(test_changed_in_place_by_another_thread),
         T(test_many_variables),
         T(test_switching_threads),
         T(test_thread_starts_with_its_own_cache),

@@ -418,7 +418,7 @@ struct cv_private_cache_entry {
 };
 
 struct cv_private_lookup {
-    uint64_t version;                     /* changes whenever what cv_get can see changes */
+    uint64_t version;                     /* names the map cv_get reads from */
     struct cv_private_cache_entry *cache; /* indexed by variable slot */
     uint32_t cache_len;
 };
