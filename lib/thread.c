@@ -71,8 +71,7 @@ uint64_t cvi_thread_next_id(void)
     struct cvi_thread *thread = &cvi_thread_state;
     if (thread->next_id == thread->id_block_end) {
         /* Relaxed: only uniqueness matters, which the RMW gives. */
-        thread->next_id =
-            atomic_fetch_add_explicit(&next_id_block, ID_BLOCK, memory_order_relaxed);
+        thread->next_id = atomic_fetch_add_explicit(&next_id_block, ID_BLOCK, memory_order_relaxed);
         thread->id_block_end = thread->next_id + ID_BLOCK;
     }
     return thread->next_id++;
