@@ -378,8 +378,8 @@ enum entry {
     ENTER_PRIVATE,    /* borrowed, and no other thread can reach ctx yet */
 };
 
-/* Claims and pushes `ctx`. */
-static cv_status_t enter(cv_context_t *ctx, enum entry entry)
+/* Claims and pushes `ctx`. Always inline, as run() is. */
+__attribute__((always_inline)) static inline cv_status_t enter(cv_context_t *ctx, enum entry entry)
 {
     if (!ctx)
         return CV_EINVAL;
@@ -425,7 +425,8 @@ cv_status_t cv_context_enter(cv_context_t *ctx)
 __attribute__((always_inline)) static inline void pop(struct cvi_thread *thread)
 {
     cv_context_t *top = thread->stack[--thread->depth];
-    cvi_context_view(cvi_thread_current(thread));
+    /* The base context is never popped: something is left below. */
+    cvi_context_view(cvi_stack_context(thread->stack[thread->depth - 1]));
     /* Before the context is given up: callbacks read both maps as owned. */
     if (cvi_callbacks_registered())
         cvi_switch_notify(thread, CV_SWITCH_EXIT, cvi_stack_context(top),
@@ -451,7 +452,10 @@ cv_status_t cv_context_exit(cv_context_t *ctx)
     return CV_OK;
 }
 
-static cv_status_t run(cv_context_t *ctx, enum entry entry, void (*fn)(void *arg), void *arg)
+/* Always inline: each caller passes a constant `entry`, and an outlined
+ * copy costs the run path a second call and its register saves. */
+__attribute__((always_inline)) static inline cv_status_t run(cv_context_t *ctx, enum entry entry,
+                                                             void (*fn)(void *arg), void *arg)
 {
     if (!fn)
         return CV_EINVAL;

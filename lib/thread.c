@@ -66,15 +66,11 @@ static pthread_once_t thread_exit_key_once = PTHREAD_ONCE_INIT;
 /* Starts above the ids that are never handed out (thread.h). */
 static atomic_uint_fast64_t next_id_block = CVI_EMPTY_MAP_LABEL + 1;
 
-uint64_t cvi_thread_next_id(void)
+void cvi_thread_take_id_block(struct cvi_thread *thread)
 {
-    struct cvi_thread *thread = &cvi_thread_state;
-    if (thread->next_id == thread->id_block_end) {
-        /* Relaxed: only uniqueness matters, which the RMW gives. */
-        thread->next_id = atomic_fetch_add_explicit(&next_id_block, ID_BLOCK, memory_order_relaxed);
-        thread->id_block_end = thread->next_id + ID_BLOCK;
-    }
-    return thread->next_id++;
+    /* Relaxed: only uniqueness matters, which the RMW gives. */
+    thread->next_id = atomic_fetch_add_explicit(&next_id_block, ID_BLOCK, memory_order_relaxed);
+    thread->id_block_end = thread->next_id + ID_BLOCK;
 }
 
 /* Leaves every entered context, the base included, and frees the stack and

@@ -109,11 +109,20 @@ static inline bool cvi_thread_push(struct cvi_thread *thread, cv_context_t *ctx,
     return true;
 }
 
+/* Gives the thread its next block of ids (cvi_thread_next_id's slow path). */
+void cvi_thread_take_id_block(struct cvi_thread *thread);
+
 /* A process-unique id, for contexts and for the labels of their maps. Never
  * reused, so a token cannot mistake a new context at a reused address for
  * its own, nor a cache entry a new map for an old one. Never 0 (the empty
  * token's) nor CVI_EMPTY_MAP_LABEL. */
-uint64_t cvi_thread_next_id(void);
+static inline uint64_t cvi_thread_next_id(void)
+{
+    struct cvi_thread *thread = &cvi_thread_state;
+    if (__builtin_expect(thread->next_id == thread->id_block_end, 0))
+        cvi_thread_take_id_block(thread);
+    return thread->next_id++;
+}
 
 /* The label of the empty map. No cache entry is ever stored under it, since
  * only values found in a map are cached. */

@@ -350,6 +350,8 @@ static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, v
         if (ok && root)
             cvi_hamt_set_label(root, cvi_thread_next_id());
         cvi_context_end_write(ctx, root);
+        if (!ok)
+            return false;
     } else {
         cvi_hamt_node *new_root;
         ok = remove ? cvi_hamt_without(root, var, var->head.hash, &cvi_var_entry_ops, &new_root)
@@ -361,10 +363,10 @@ static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, v
         if (new_root && new_root != root)
             cvi_hamt_set_label(new_root, cvi_thread_next_id());
         cvi_context_publish(ctx, new_root);
+        root = new_root;
     }
-    if (ok)
-        cvi_context_view(ctx);
-    return ok;
+    cvi_thread_view(cvi_map_label(root));
+    return true;
 }
 
 cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
