@@ -146,7 +146,10 @@ CV_EXPORT const char *cv_var_name(const cv_var_t *var);
 /** The value of `var` in the current context, else its default, else
  * CV_ENOVALUE (with *out untouched). CV_EINVAL if an argument is NULL.
  * Lock-free, no atomic read-modify-write, no shared write: a warm get is a
- * few loads from thread-private memory. */
+ * few loads from thread-private memory. The thread's cache stays warm
+ * across switches between contexts that hold the same map (copies, tasks
+ * captured from one unchanged context); any write, and a switch to another
+ * map, costs the next get of each variable one trie lookup. */
 CV_EXPORT cv_status_t cv_get(cv_var_t *var, void **out);
 
 /** The value of `var` in the current context, else `fallback` (the
