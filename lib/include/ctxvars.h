@@ -306,8 +306,9 @@ typedef void (*cv_switch_watcher_t)(cv_switch_event_t event, cv_context_t *from,
  * `watcher` or `id` is NULL; CV_EBUSY if CV_MAX_WATCHERS are registered.
  * With no watcher and no handler registered, a switch pays a load of one
  * shared, read-mostly word and a branch, besides the thread-local check
- * that refuses switches inside callbacks: cv_context_run executes 102
- * instructions, against 120 before watchers existed (bench/ab.sh). */
+ * that refuses switches inside callbacks: cv_context_run executed 102
+ * instructions with watchers, against 120 before they existed
+ * (bench/ab.sh; 108 since map labels). */
 CV_EXPORT cv_status_t cv_watcher_add(cv_switch_watcher_t watcher, void *data, int *id);
 
 /** Unregisters watcher `id`: no call of it starts after this returns, and
