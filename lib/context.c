@@ -350,16 +350,8 @@ cv_context_t *cv_context_copy(cv_context_t *ctx)
 
 void cv_context_retain(cv_context_t *ctx)
 {
-    if (!ctx)
-        return;
-    /* Relaxed, all three: the caller holds a reference already. A sole
-     * holder (the count is its own 1) may store instead of adding, since
-     * taking or dropping a reference needs one: this is what an enter of a
-     * context only its creator holds does, and it keeps enter+exit to one
-     * atomic add-or-subtract on the context instead of two. */
-    if (atomic_load_explicit(&ctx->refs, memory_order_relaxed) == 1)
-        atomic_store_explicit(&ctx->refs, 2, memory_order_relaxed);
-    else
+    /* Relaxed: the caller holds a reference already. */
+    if (ctx)
         atomic_fetch_add_explicit(&ctx->refs, 1, memory_order_relaxed);
 }
 
