@@ -181,6 +181,7 @@ bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread)
 
 void cvi_context_disown(cv_context_t *ctx)
 {
+    cvi_context_settle_credits(&cvi_thread_state, ctx);
     /* Release: publishes our sets to the next owner. */
     atomic_store_explicit(&ctx->owner, NULL, memory_order_release);
 }
@@ -458,7 +459,6 @@ cv_status_t cv_context_enter(cv_context_t *ctx)
 __attribute__((always_inline)) static inline void pop(struct cvi_thread *thread)
 {
     cv_context_t *top = thread->stack[--thread->depth];
-    cvi_context_settle_credits(thread, cvi_stack_context(top));
     /* The base context is never popped: something is left below. */
     cvi_context_view(cvi_stack_context(thread->stack[thread->depth - 1]));
     /* Before the context is given up: callbacks read both maps as owned. */
