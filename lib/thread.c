@@ -79,7 +79,6 @@ static void on_thread_exit(void *arg)
 {
     struct cvi_thread *thread = arg;
     cvi_callbacks_thread_exit(thread);
-    cvi_context_drop_credits(thread);
     /* Entries lent by runs that the thread never returned from (it exited
      * inside fn) are only disowned: their reference is the caller's, except
      * for a task's, which the run owned. */

@@ -232,6 +232,64 @@ static void test_suppressed_task_carries_and_keeps_no_values(void **state)
     cv_var_release(var);
 }
 
+/* A submitter that captures one context for task after task (the library
+ * takes those references in batches): every task sees the map of its
+ * capture, through a set between captures and the context's exit, and the
+ * values live exactly as long as a task or the context holds them. */
+#define MANY_TASKS 100
+
+struct task_batch {
+    cv_task_t *tasks;
+    int from, to;
+    intptr_t failures;
+};
+
+static void *run_batch(void *arg)
+{
+    struct task_batch *batch = arg;
+    for (int i = batch->from; i < batch->to; i++)
+        batch->failures += cv_task_run(&batch->tasks[i]) != CV_OK;
+    return NULL;
+}
+
+static void test_many_tasks_from_one_context(void **state)
+{
+    (void)state;
+    static struct tracked first, second;
+    tracked_init(&first);
+    tracked_init(&second);
+    cv_var_t *var = tracked_var("v");
+    cv_context_t *ctx = cv_context_new();
+    assert_int_equal(cv_context_enter(ctx), CV_OK);
+    assert_int_equal(cv_set(var, &first, NULL), CV_OK);
+    static struct job jobs[MANY_TASKS];
+    static cv_task_t tasks[MANY_TASKS];
+    for (int i = 0; i < MANY_TASKS; i++) {
+        if (i == MANY_TASKS / 2)
+            assert_int_equal(cv_set(var, &second, NULL), CV_OK);
+        jobs[i] = (struct job){.var = var};
+        assert_int_equal(cv_task_init(&tasks[i], job_body, &jobs[i]), CV_OK);
+    }
+    assert_int_equal(cv_context_exit(ctx), CV_OK);
+    /* Half on another thread, half here, after the context is gone. */
+    cv_context_release(ctx);
+    struct task_batch there = {tasks, 0, MANY_TASKS / 2, 0};
+    struct task_batch here = {tasks, MANY_TASKS / 2, MANY_TASKS, 0};
+    pthread_t worker;
+    assert_int_equal(pthread_create(&worker, NULL, run_batch, &there), 0);
+    run_batch(&here);
+    assert_int_equal(pthread_join(worker, NULL), 0);
+    assert_int_equal(there.failures + here.failures, 0);
+    for (int i = 0; i < MANY_TASKS; i++) {
+        assert_int_equal(jobs[i].runs, 1);
+        assert_ptr_equal(jobs[i].seen, i < MANY_TASKS / 2 ? &first : &second);
+    }
+    cv_reclaim_barrier();
+    assert_int_equal(atomic_load(&first.live), 0);
+    assert_int_equal(atomic_load(&second.live), 0);
+    cv_var_release(var);
+}
+
 static void enter_and_stay(void *arg)
 {
     cv_context_enter(arg);
@@ -436,6 +494,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_suppressed_task_carries_and_keeps_no_values,
                                         enter_fresh, exit_fresh),
         cmocka_unit_test(test_task_that_leaves_a_context_entered),
+        cmocka_unit_test(test_many_tasks_from_one_context),
         cmocka_unit_test(test_tasks_from_many_submitters),
         cmocka_unit_test_setup_teardown(test_tasks_on_one_thread_start_fresh, enter_fresh,
                                         exit_fresh),
