@@ -181,7 +181,6 @@ bool cvi_context_claim(cv_context_t *ctx, struct cvi_thread *thread)
 
 void cvi_context_disown(cv_context_t *ctx)
 {
-    cvi_context_settle_credits(&cvi_thread_state, ctx);
     /* Release: publishes our sets to the next owner. */
     atomic_store_explicit(&ctx->owner, NULL, memory_order_release);
 }
@@ -320,46 +319,13 @@ static void keep_root(cv_context_t *ctx, void *arg)
     *(cvi_hamt_node **)arg = root;
 }
 
-/* Captures from a context the thread owns: a pool's submitter captures
- * its context once per task, and each capture's reference used to be an
- * atomic increment on the root's line, which the worker's decrement at the
- * task's end then pulled to the other core and back. From the second
- * capture of one root in a row, the thread takes CREDIT_BATCH references
- * at once and hands them out one per capture without an atomic. It holds
- * them only while the context holds the root: they go back (one atomic
- * subtraction, never the last reference) before the thread changes that
- * root or the context leaves its stack, so no value lives longer for them,
- * and an update in place finds the root as shared as the captures made it. */
-#define CREDIT_BATCH 32
-
-void cvi_context_drop_credits(struct cvi_thread *thread)
-{
-    if (thread->credits)
-        cvi_hamt_drop_many(thread->credit_root, thread->credits);
-    thread->credits = 0;
-}
-
-static void take_owned_reference(struct cvi_thread *thread, cv_context_t *ctx, cvi_hamt_node *root)
-{
-    if (thread->credits && thread->credit_ctx == ctx) {
-        thread->credits--;
-        return;
-    }
-    bool again = thread->credit_ctx == ctx && thread->credit_root == root;
-    cvi_context_drop_credits(thread);
-    cvi_hamt_retain_many(root, again ? CREDIT_BATCH : 1);
-    thread->credits = again ? CREDIT_BATCH - 1 : 0;
-    thread->credit_ctx = ctx;
-    thread->credit_root = root;
-}
-
 cvi_hamt_node *cvi_context_snapshot(cv_context_t *ctx)
 {
     cvi_hamt_node *root;
     if (owned_by_caller(ctx)) {
         root = cvi_context_owned_root(ctx);
         if (root)
-            take_owned_reference(&cvi_thread_state, ctx, root);
+            cvi_hamt_retain(root);
         return root;
     }
     read_foreign(ctx, keep_root, &root);

@@ -54,17 +54,6 @@ static inline cvi_hamt_node *cvi_context_owned_root(cv_context_t *ctx)
     return atomic_load_explicit(&ctx->root, memory_order_relaxed);
 }
 
-/* Gives back the references to a root that the thread took in advance for
- * its captures (context.c). */
-void cvi_context_drop_credits(struct cvi_thread *thread);
-
-/* Before the root of `ctx` changes, or `ctx` leaves the thread's stack. */
-static inline void cvi_context_settle_credits(struct cvi_thread *thread, cv_context_t *ctx)
-{
-    if (__builtin_expect(thread->credits != 0, 0) && thread->credit_ctx == ctx)
-        cvi_context_drop_credits(thread);
-}
-
 /* The label of the map under `root` (var.c's top comment): given to every
  * root a write makes, before it is published. */
 static inline uint64_t cvi_map_label(const cvi_hamt_node *root)

@@ -167,19 +167,6 @@ void cvi_hamt_retain(cvi_hamt_node *node)
     atomic_fetch_add_explicit(&node->refs, 1, memory_order_relaxed);
 }
 
-void cvi_hamt_retain_many(cvi_hamt_node *node, uint32_t n)
-{
-    /* Relaxed: as in cvi_hamt_retain. */
-    atomic_fetch_add_explicit(&node->refs, n, memory_order_relaxed);
-}
-
-void cvi_hamt_drop_many(cvi_hamt_node *node, uint32_t n)
-{
-    /* Release: the caller's reads of the node happen before the last
-     * owner's acquire-release decrement frees it. */
-    atomic_fetch_sub_explicit(&node->refs, n, memory_order_release);
-}
-
 bool cvi_hamt_try_retain(cvi_hamt_node *node)
 {
     /* Acquire: seeing zero pairs with the release in cvi_hamt_release, so

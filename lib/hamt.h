@@ -70,10 +70,6 @@ bool cvi_hamt_without_in_place(cvi_hamt_node **root, const void *key, uint32_t h
                                const cvi_hamt_ops *ops);
 
 void cvi_hamt_retain(cvi_hamt_node *node);
-/* `n` references at once, for a caller that holds one already. */
-void cvi_hamt_retain_many(cvi_hamt_node *node, uint32_t n);
-/* Drops `n` references, none of them the last: the caller holds another. */
-void cvi_hamt_drop_many(cvi_hamt_node *node, uint32_t n);
 /* Takes a reference unless the count already reached zero (the node is
  * being retired): for readers that found the node without owning it. */
 bool cvi_hamt_try_retain(cvi_hamt_node *node);

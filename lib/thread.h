@@ -32,13 +32,6 @@ struct cvi_thread {
     atomic_uint callbacks_seq;
     uint32_t flow_suppressed;   /* nesting depth of cv_flow_suppress */
     cv_context_t *task_context; /* reused by cv_task_run (task.c) */
-    /* References to credit_ctx's root taken in a batch and handed out one
-     * per capture (context.c). credits > 0 only while credit_ctx is on the
-     * stack with credit_root as its root; with none left, the pair says
-     * where the last capture came from. */
-    cv_context_t *credit_ctx;
-    struct cvi_hamt_node *credit_root;
-    uint32_t credits;
     struct cvi_thread *registry_prev, *registry_next;
     cv_context_t *inline_stack[CVI_INLINE_STACK];
 };

@@ -339,7 +339,6 @@ static void token_spend(cv_token_t *token)
 static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, void **old_value,
                    bool *had_old)
 {
-    cvi_context_settle_credits(&cvi_thread_state, ctx);
     cvi_hamt_node *root = cvi_context_owned_root(ctx);
     bool ok;
     if (cvi_context_begin_write(ctx)) {
