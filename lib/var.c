@@ -245,8 +245,7 @@ static __attribute__((noinline, cold)) bool cache_grow(struct cv_private_lookup 
         return false;
     if (lookup->cache)
         memcpy(grown, lookup->cache, lookup->cache_len * sizeof(*grown));
-    /* Version 0 never matches: a thread's version is at least 1 once it
-     * has a context. */
+    /* Version 0 never matches: no map is labelled 0. */
     memset(grown + lookup->cache_len, 0, (len - lookup->cache_len) * sizeof(*grown));
     cvi_free(lookup->cache, lookup->cache_len * sizeof(*grown));
     lookup->cache = grown;
