@@ -24,30 +24,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define CLASS_BYTES 16
-#define CACHED_CLASSES 16 /* blocks up to 256 bytes */
-#define BLOCKS_PER_CLASS 64
-
-#if defined(__SANITIZE_ADDRESS__)
-#define CACHE_BLOCKS 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define CACHE_BLOCKS 0
-#endif
-#endif
-#ifndef CACHE_BLOCKS
-#define CACHE_BLOCKS 1
-#endif
-
-struct free_block {
-    struct free_block *next;
-};
-
-struct block_cache {
-    struct free_block *head[CACHED_CLASSES];
-    uint8_t count[CACHED_CLASSES];
-};
-
 static void *default_alloc(size_t size, void *data)
 {
     (void)data;
@@ -62,13 +38,13 @@ static void default_free(void *ptr, size_t size, void *data)
 }
 
 static cv_allocator_t allocator = {default_alloc, default_free, NULL};
-static bool custom_allocator;
+bool cvi_custom_allocator;
 
 /* Set by the first allocation: from then on the allocator may own memory
  * that only it can free, so it can no longer be replaced. */
 static atomic_bool allocator_in_use;
 
-static __thread struct block_cache *thread_cache __attribute__((tls_model("initial-exec")));
+__thread struct cvi_block_cache *cvi_thread_blocks __attribute__((tls_model("initial-exec")));
 static pthread_key_t cache_exit_key;
 static pthread_once_t cache_exit_key_once = PTHREAD_ONCE_INIT;
 static bool cache_exit_key_ok;
@@ -82,22 +58,22 @@ cv_status_t cv_set_allocator(const cv_allocator_t *replacement)
     if (atomic_load_explicit(&allocator_in_use, memory_order_relaxed))
         return CV_EBUSY;
     allocator = *replacement;
-    custom_allocator = true;
+    cvi_custom_allocator = true;
     return CV_OK;
 }
 
 static void empty_cache(void *arg)
 {
-    struct block_cache *cache = arg;
-    for (int size_class = 0; size_class < CACHED_CLASSES; size_class++) {
+    struct cvi_block_cache *cache = arg;
+    for (int size_class = 0; size_class < CVI_CACHED_CLASSES; size_class++) {
         while (cache->head[size_class]) {
-            struct free_block *block = cache->head[size_class];
+            struct cvi_free_block *block = cache->head[size_class];
             cache->head[size_class] = block->next;
             free(block);
         }
     }
     free(cache);
-    thread_cache = NULL;
+    cvi_thread_blocks = NULL;
 }
 
 static void create_cache_exit_key(void)
@@ -106,65 +82,49 @@ static void create_cache_exit_key(void)
 }
 
 /* NULL if the cache cannot be made or emptied at exit: then no caching. */
-static struct block_cache *cache_for_this_thread(void)
+static struct cvi_block_cache *cache_for_this_thread(void)
 {
-    if (thread_cache)
-        return thread_cache;
+    if (cvi_thread_blocks)
+        return cvi_thread_blocks;
     pthread_once(&cache_exit_key_once, create_cache_exit_key);
     if (!cache_exit_key_ok)
         return NULL;
-    struct block_cache *cache = calloc(1, sizeof(*cache));
+    struct cvi_block_cache *cache = calloc(1, sizeof(*cache));
     if (cache && pthread_setspecific(cache_exit_key, cache) != 0) {
         free(cache);
         cache = NULL;
     }
-    thread_cache = cache;
+    cvi_thread_blocks = cache;
     return cache;
 }
 
-static bool cacheable(size_t size)
-{
-    return CACHE_BLOCKS && !custom_allocator && size <= CLASS_BYTES * CACHED_CLASSES;
-}
-
-static unsigned class_of(size_t size)
-{
-    return (unsigned)((size - 1) / CLASS_BYTES);
-}
-
-void *cvi_alloc(size_t size)
+/* The rest of cvi_alloc (alloc.h): a miss in the cache, or no cache. */
+void *cvi_alloc_slow(size_t size)
 {
     /* Test before storing so the common path never writes a shared line. */
     if (!atomic_load_explicit(&allocator_in_use, memory_order_relaxed))
         atomic_store_explicit(&allocator_in_use, true, memory_order_relaxed);
-    if (!cacheable(size))
+    if (!cvi_cacheable(size))
         return allocator.alloc(size, allocator.data);
-    unsigned size_class = class_of(size);
-    struct block_cache *cache = thread_cache;
-    if (cache && cache->head[size_class]) {
-        struct free_block *block = cache->head[size_class];
-        cache->head[size_class] = block->next;
-        cache->count[size_class]--;
-        return block;
-    }
-    return malloc((size_class + 1) * CLASS_BYTES);
+    return malloc((cvi_block_class(size) + 1) * CVI_BLOCK_BYTES);
 }
 
-void cvi_free(void *ptr, size_t size)
+/* The rest of cvi_free (alloc.h): no cache yet, a full class, or uncached. */
+void cvi_free_slow(void *ptr, size_t size)
 {
     if (!ptr)
         return;
-    if (!cacheable(size)) {
+    if (!cvi_cacheable(size)) {
         allocator.free(ptr, size, allocator.data);
         return;
     }
-    unsigned size_class = class_of(size);
-    struct block_cache *cache = cache_for_this_thread();
-    if (!cache || cache->count[size_class] == BLOCKS_PER_CLASS) {
+    unsigned size_class = cvi_block_class(size);
+    struct cvi_block_cache *cache = cache_for_this_thread();
+    if (!cache || cache->count[size_class] == CVI_BLOCKS_PER_CLASS) {
         free(ptr);
         return;
     }
-    struct free_block *block = ptr;
+    struct cvi_free_block *block = ptr;
     block->next = cache->head[size_class];
     cache->head[size_class] = block;
     cache->count[size_class]++;

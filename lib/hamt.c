@@ -71,11 +71,8 @@ struct entry {
 struct cvi_hamt_node {
     /* First word: the caller's once the node is dead. A separate field, not
      * overlaid on live ones, since readers may still walk a dead node. Then
-     * the caller's label. */
+     * the caller's label, the references and the kind (hamt.h). */
     struct cvi_hamt_node_head head;
-    atomic_uint refs;
-    uint8_t kind;
-    atomic_bool shared; /* see cvi_hamt_mark_shared */
     uint32_t len;       /* entries in this node */
     uint32_t capacity;  /* entries it has room for: more than len once shrunk in place */
     uint32_t count;     /* keys in this subtree */
@@ -84,6 +81,8 @@ struct cvi_hamt_node {
 };
 
 _Static_assert(offsetof(struct cvi_hamt_node, head) == 0, "the head's accessors assume it");
+_Static_assert(sizeof(struct cvi_hamt_node) == sizeof(struct cvi_hamt_node_head) + 4 * sizeof(uint32_t),
+               "no padding between the head and the node's own fields");
 
 static size_t node_size(uint32_t len)
 {
@@ -96,9 +95,9 @@ static cvi_hamt_node *node_new(enum node_kind kind, uint32_t len, uint32_t bitma
     if (!node)
         return NULL;
     atomic_init(&node->head.label, 0);
-    atomic_init(&node->refs, 1);
-    node->kind = (uint8_t)kind;
-    atomic_init(&node->shared, false);
+    atomic_init(&node->head.refs, 1);
+    node->head.kind = (uint8_t)kind;
+    atomic_init(&node->head.shared, false);
     node->len = len;
     node->capacity = len;
     node->count = 0;
@@ -160,55 +159,19 @@ static unsigned index_of(uint32_t bitmap, uint32_t bit)
     return popcount32(bitmap & (bit - 1));
 }
 
-void cvi_hamt_retain(cvi_hamt_node *node)
-{
-    /* Relaxed: the caller already holds a reference, so the node cannot die
-     * meanwhile and there is nothing to publish. */
-    atomic_fetch_add_explicit(&node->refs, 1, memory_order_relaxed);
-}
-
 bool cvi_hamt_try_retain(cvi_hamt_node *node)
 {
     /* Acquire: seeing zero pairs with the release in cvi_hamt_release, so
      * the caller's next load of its root pointer sees the root that replaced
      * this one (C11 wants success at least as strong as failure; on x86
      * both are the same instruction). */
-    unsigned refs = atomic_load_explicit(&node->refs, memory_order_acquire);
+    unsigned refs = atomic_load_explicit(&node->head.refs, memory_order_acquire);
     do {
         if (refs == 0)
             return false;
-    } while (!atomic_compare_exchange_weak_explicit(&node->refs, &refs, refs + 1,
+    } while (!atomic_compare_exchange_weak_explicit(&node->head.refs, &refs, refs + 1,
                                                     memory_order_acquire, memory_order_acquire));
     return true;
-}
-
-bool cvi_hamt_sole_owner(const cvi_hamt_node *node)
-{
-    /* Acquire: pairs with the release decrements of the former owners. */
-    return atomic_load_explicit(&node->refs, memory_order_acquire) == 1;
-}
-
-bool cvi_hamt_release(cvi_hamt_node *node)
-{
-    if (!node)
-        return false;
-    /* Acq_rel: every owner's reads of the node happen before the last one
-     * frees it (not a release plus an acquire fence: ThreadSanitizer does
-     * not model fences). */
-    return atomic_fetch_sub_explicit(&node->refs, 1, memory_order_acq_rel) == 1;
-}
-
-void cvi_hamt_mark_shared(cvi_hamt_node *node)
-{
-    /* Relaxed: the owner's release-decrement that follows publishes it to
-     * whoever drops the last reference. */
-    atomic_store_explicit(&node->shared, true, memory_order_relaxed);
-}
-
-bool cvi_hamt_is_shared(const cvi_hamt_node *node)
-{
-    /* Relaxed: read after the acquire fence of the last release. */
-    return atomic_load_explicit(&node->shared, memory_order_relaxed);
 }
 
 static void entry_retain(const struct entry *e, const cvi_hamt_ops *ops)
@@ -261,7 +224,7 @@ static void copy_entries(struct entry *dst, const struct entry *src, uint32_t n,
 static cvi_hamt_node *copy_replacing(const cvi_hamt_node *node, uint32_t index, struct entry owned,
                                      const cvi_hamt_ops *ops)
 {
-    cvi_hamt_node *copy = node_new(node->kind, node->len, node->bitmap_or_hash);
+    cvi_hamt_node *copy = node_new(node->head.kind, node->len, node->bitmap_or_hash);
     if (!copy)
         return NULL;
     copy_entries(copy->entries, node->entries, index, ops);
@@ -273,7 +236,7 @@ static cvi_hamt_node *copy_replacing(const cvi_hamt_node *node, uint32_t index, 
 static cvi_hamt_node *copy_inserting(const cvi_hamt_node *node, uint32_t index, struct entry owned,
                                      const cvi_hamt_ops *ops)
 {
-    cvi_hamt_node *copy = node_new(node->kind, node->len + 1, node->bitmap_or_hash);
+    cvi_hamt_node *copy = node_new(node->head.kind, node->len + 1, node->bitmap_or_hash);
     if (!copy)
         return NULL;
     copy_entries(copy->entries, node->entries, index, ops);
@@ -285,7 +248,7 @@ static cvi_hamt_node *copy_inserting(const cvi_hamt_node *node, uint32_t index, 
 static cvi_hamt_node *copy_removing(const cvi_hamt_node *node, uint32_t index,
                                     const cvi_hamt_ops *ops)
 {
-    cvi_hamt_node *copy = node_new(node->kind, node->len - 1, node->bitmap_or_hash);
+    cvi_hamt_node *copy = node_new(node->head.kind, node->len - 1, node->bitmap_or_hash);
     if (!copy)
         return NULL;
     copy_entries(copy->entries, node->entries, index, ops);
@@ -421,7 +384,7 @@ static cvi_hamt_node *assoc_collision(cvi_hamt_node *node, unsigned shift, void 
 static cvi_hamt_node *assoc_node(cvi_hamt_node *node, unsigned shift, void *key, uint32_t hash,
                                  void *value, const cvi_hamt_ops *ops, struct assoc_result *result)
 {
-    if (node->kind == COLLISION_NODE)
+    if (node->head.kind == COLLISION_NODE)
         return assoc_collision(node, shift, key, hash, value, ops, result);
 
     uint32_t bit = 1u << slot_of(hash, shift);
@@ -521,7 +484,7 @@ static enum without_outcome without_node(cvi_hamt_node *node, unsigned shift, co
                                          cvi_hamt_node **out)
 {
     uint32_t index, bit = 0;
-    if (node->kind == COLLISION_NODE) {
+    if (node->head.kind == COLLISION_NODE) {
         if (hash != node->bitmap_or_hash)
             return WITHOUT_ABSENT;
         for (index = 0; index < node->len && node->entries[index].key != key; index++)
@@ -610,7 +573,7 @@ static bool exclusive(const cvi_hamt_node *node)
  * move, the old memory is freed. NULL when memory is short. */
 static cvi_hamt_node *grow_in_place(cvi_hamt_node *node, uint32_t index, struct entry owned)
 {
-    cvi_hamt_node *grown = node_new(node->kind, node->len + 1, node->bitmap_or_hash);
+    cvi_hamt_node *grown = node_new(node->head.kind, node->len + 1, node->bitmap_or_hash);
     if (!grown)
         return NULL;
     memcpy(grown->entries, node->entries, index * sizeof(struct entry));
@@ -663,7 +626,7 @@ static cvi_hamt_node *assoc_in_place(cvi_hamt_node *node, unsigned shift, void *
             drop_subtree(node, ops);
         return copy;
     }
-    if (node->kind == COLLISION_NODE) {
+    if (node->head.kind == COLLISION_NODE) {
         if (hash != node->bitmap_or_hash) {
             cvi_hamt_node *parent = merge_group(node, key, value, hash, shift, ops);
             if (parent)
@@ -727,7 +690,7 @@ static cvi_hamt_node *assoc_in_place(cvi_hamt_node *node, unsigned shift, void *
 static bool replace_in_place(cvi_hamt_node *node, void *key, uint32_t hash, void *value,
                              const cvi_hamt_ops *ops, void **old_value)
 {
-    for (unsigned shift = 0; node && node->kind == BITMAP_NODE && exclusive(node);
+    for (unsigned shift = 0; node && node->head.kind == BITMAP_NODE && exclusive(node);
          shift += BITS_PER_LEVEL) {
         uint32_t bit = 1u << slot_of(hash, shift);
         if (!(node->bitmap_or_hash & bit))
@@ -794,7 +757,7 @@ static enum without_outcome without_in_place(cvi_hamt_node *node, unsigned shift
         return outcome;
     }
     uint32_t index, bit = 0;
-    if (node->kind == COLLISION_NODE) {
+    if (node->head.kind == COLLISION_NODE) {
         if (hash != node->bitmap_or_hash)
             return WITHOUT_ABSENT;
         for (index = 0; index < node->len && node->entries[index].key != key; index++)
@@ -831,7 +794,7 @@ static enum without_outcome without_in_place(cvi_hamt_node *node, unsigned shift
             ops->release(slot->key, slot->value);
         }
     }
-    if (node->kind == COLLISION_NODE)
+    if (node->head.kind == COLLISION_NODE)
         ops->release(node->entries[index].key, node->entries[index].value);
     /* Entry `index` is gone: the key (released above) or an emptied child. */
     if (node->len == 1) {
@@ -869,7 +832,7 @@ bool cvi_hamt_without_in_place(cvi_hamt_node **root, const void *key, uint32_t h
 bool cvi_hamt_find(const cvi_hamt_node *node, const void *key, uint32_t hash, void **value)
 {
     for (unsigned shift = 0; node; shift += BITS_PER_LEVEL) {
-        if (node->kind == COLLISION_NODE) {
+        if (node->head.kind == COLLISION_NODE) {
             if (hash != node->bitmap_or_hash)
                 return false;
             for (uint32_t i = 0; i < node->len; i++) {

@@ -20,12 +20,15 @@
 
 typedef struct cvi_hamt_node cvi_hamt_node;
 
-/* The first two words of every node, public so that the label's accessors
- * below are inline (they sit on the context switch path); the rest of a node
- * is hamt.c's. */
+/* The start of every node, public so that the accessors of its label and
+ * reference count below are inline (they sit on the paths of context
+ * switches and copies); the rest of a node is hamt.c's. */
 struct cvi_hamt_node_head {
     void *dead_link; /* the caller's once the node is dead (cvi_hamt_release) */
     _Atomic uint64_t label;
+    atomic_uint refs;
+    uint8_t kind;       /* hamt.c's; here to fill the word refs starts */
+    atomic_bool shared; /* see cvi_hamt_mark_shared */
 };
 
 typedef struct cvi_hamt_ops {
@@ -69,20 +72,50 @@ bool cvi_hamt_assoc_in_place(cvi_hamt_node **root, void *key, uint32_t hash, voi
 bool cvi_hamt_without_in_place(cvi_hamt_node **root, const void *key, uint32_t hash,
                                const cvi_hamt_ops *ops);
 
-void cvi_hamt_retain(cvi_hamt_node *node);
+static inline struct cvi_hamt_node_head *cvi_hamt_head(cvi_hamt_node *node)
+{
+    return (struct cvi_hamt_node_head *)(void *)node;
+}
+
+static inline const struct cvi_hamt_node_head *cvi_hamt_const_head(const cvi_hamt_node *node)
+{
+    return (const struct cvi_hamt_node_head *)(const void *)node;
+}
+
+static inline void cvi_hamt_retain(cvi_hamt_node *node)
+{
+    /* Relaxed: the caller already holds a reference, so the node cannot die
+     * meanwhile and there is nothing to publish. */
+    atomic_fetch_add_explicit(&cvi_hamt_head(node)->refs, 1, memory_order_relaxed);
+}
+
 /* Takes a reference unless the count already reached zero (the node is
  * being retired): for readers that found the node without owning it. */
 bool cvi_hamt_try_retain(cvi_hamt_node *node);
-/* True when the caller's reference is the only one. Acquire: whoever
- * dropped the others is done with the node. The caller must know that no
- * new reference can appear meanwhile. */
-bool cvi_hamt_sole_owner(const cvi_hamt_node *node);
+
+/* True when the caller's reference is the only one. The caller must know
+ * that no new reference can appear meanwhile. */
+static inline bool cvi_hamt_sole_owner(const cvi_hamt_node *node)
+{
+    /* Acquire: pairs with the release decrements of the former owners, who
+     * are then done with the node. */
+    return atomic_load_explicit(&cvi_hamt_const_head(node)->refs, memory_order_acquire) == 1;
+}
+
 /* Drops a reference; true when it was the last, and the caller must then
  * dispose of the node with cvi_hamt_destroy (at once, or once no reader can
  * still be walking it). Until then the node's first pointer-sized word is
  * the caller's, to link dead nodes through. NULL is a no-op returning
  * false. */
-bool cvi_hamt_release(cvi_hamt_node *node);
+static inline bool cvi_hamt_release(cvi_hamt_node *node)
+{
+    if (!node)
+        return false;
+    /* Acq_rel: every owner's reads of the node happen before the last one
+     * frees it (not a release plus an acquire fence: ThreadSanitizer does
+     * not model fences). */
+    return atomic_fetch_sub_explicit(&cvi_hamt_head(node)->refs, 1, memory_order_acq_rel) == 1;
+}
 /* Frees a node whose last reference was dropped: releases its entries and
  * its children, destroying at once every child that loses its last
  * reference (only reachable through this node, so no reader can be in it
@@ -92,8 +125,19 @@ void cvi_hamt_destroy(cvi_hamt_node *node, const cvi_hamt_ops *ops);
 /* A mark for the caller's reclamation scheme: the node may still be walked
  * by readers that hold no reference, so its disposal must wait. Set before
  * dropping a reference; read by whoever drops the last one. */
-void cvi_hamt_mark_shared(cvi_hamt_node *node);
-bool cvi_hamt_is_shared(const cvi_hamt_node *node);
+static inline void cvi_hamt_mark_shared(cvi_hamt_node *node)
+{
+    /* Relaxed: the owner's release-decrement that follows publishes it to
+     * whoever drops the last reference. */
+    atomic_store_explicit(&cvi_hamt_head(node)->shared, true, memory_order_relaxed);
+}
+
+static inline bool cvi_hamt_is_shared(const cvi_hamt_node *node)
+{
+    /* Relaxed: read after the acquire of the last release, or by the one
+     * holder that marks it. */
+    return atomic_load_explicit(&cvi_hamt_const_head(node)->shared, memory_order_relaxed);
+}
 
 /* A number the caller may attach to a root, such as the identity of the map
  * it stands for. A new node's is 0; the map never reads it, and updates do
@@ -101,14 +145,12 @@ bool cvi_hamt_is_shared(const cvi_hamt_node *node);
  * orders the root's publication. */
 static inline uint64_t cvi_hamt_label(const cvi_hamt_node *node)
 {
-    return atomic_load_explicit(&((const struct cvi_hamt_node_head *)(const void *)node)->label,
-                                memory_order_relaxed);
+    return atomic_load_explicit(&cvi_hamt_const_head(node)->label, memory_order_relaxed);
 }
 
 static inline void cvi_hamt_set_label(cvi_hamt_node *node, uint64_t label)
 {
-    atomic_store_explicit(&((struct cvi_hamt_node_head *)(void *)node)->label, label,
-                          memory_order_relaxed);
+    atomic_store_explicit(&cvi_hamt_head(node)->label, label, memory_order_relaxed);
 }
 
 bool cvi_hamt_equal(const cvi_hamt_node *a, const cvi_hamt_node *b, const cvi_hamt_ops *ops);
