@@ -38,7 +38,8 @@ struct cvi_block_cache {
 };
 
 /* NULL until the thread first frees a cacheable block. */
-extern __thread struct cvi_block_cache *cvi_thread_blocks __attribute__((tls_model("initial-exec")));
+extern __thread struct cvi_block_cache *cvi_thread_blocks
+    __attribute__((tls_model("initial-exec")));
 /* Set by cv_set_allocator: that allocator sees every call, uncached. */
 extern bool cvi_custom_allocator;
 
@@ -47,7 +48,8 @@ void cvi_free_slow(void *ptr, size_t size);
 
 static inline bool cvi_cacheable(size_t size)
 {
-    return CVI_CACHE_BLOCKS && !cvi_custom_allocator && size <= CVI_BLOCK_BYTES * CVI_CACHED_CLASSES;
+    return CVI_CACHE_BLOCKS && !cvi_custom_allocator &&
+           size <= CVI_BLOCK_BYTES * CVI_CACHED_CLASSES;
 }
 
 static inline unsigned cvi_block_class(size_t size)

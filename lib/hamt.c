@@ -73,15 +73,16 @@ struct cvi_hamt_node {
      * overlaid on live ones, since readers may still walk a dead node. Then
      * the caller's label, the references and the kind (hamt.h). */
     struct cvi_hamt_node_head head;
-    uint32_t len;       /* entries in this node */
-    uint32_t capacity;  /* entries it has room for: more than len once shrunk in place */
-    uint32_t count;     /* keys in this subtree */
+    uint32_t len;      /* entries in this node */
+    uint32_t capacity; /* entries it has room for: more than len once shrunk in place */
+    uint32_t count;    /* keys in this subtree */
     uint32_t bitmap_or_hash;
     struct entry entries[];
 };
 
 _Static_assert(offsetof(struct cvi_hamt_node, head) == 0, "the head's accessors assume it");
-_Static_assert(sizeof(struct cvi_hamt_node) == sizeof(struct cvi_hamt_node_head) + 4 * sizeof(uint32_t),
+_Static_assert(sizeof(struct cvi_hamt_node) ==
+                   sizeof(struct cvi_hamt_node_head) + 4 * sizeof(uint32_t),
                "no padding between the head and the node's own fields");
 
 static size_t node_size(uint32_t len)
