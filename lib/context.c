@@ -148,7 +148,7 @@ static void unowned_readers_gone(void *arg)
 /* Readers that found the context unowned (read_unowned) counted nothing:
  * the new owner copies paths until a grace period from now, after which
  * every one of them is done. */
-void cvi_context_wait_out_unowned_readers(cv_context_t *ctx)
+__attribute__((noinline)) void cvi_context_wait_out_unowned_readers(cv_context_t *ctx)
 {
     /* Seq_cst: ordered after our claim (see read_unowned). */
     uint64_t foreign =
@@ -319,17 +319,26 @@ static void keep_root(cv_context_t *ctx, void *arg)
     *(cvi_hamt_node **)arg = root;
 }
 
-cvi_hamt_node *cvi_context_snapshot(cv_context_t *ctx)
+/* A reference to the root of a context the caller owns. */
+static cvi_hamt_node *retain_owned_root(cv_context_t *ctx)
+{
+    cvi_hamt_node *root = cvi_context_owned_root(ctx);
+    if (root)
+        cvi_hamt_retain(root);
+    return root;
+}
+
+/* Out of line, so that the owner's path saves no registers for it. */
+__attribute__((noinline)) static cvi_hamt_node *snapshot_foreign(cv_context_t *ctx)
 {
     cvi_hamt_node *root;
-    if (owned_by_caller(ctx)) {
-        root = cvi_context_owned_root(ctx);
-        if (root)
-            cvi_hamt_retain(root);
-        return root;
-    }
     read_foreign(ctx, keep_root, &root);
     return root;
+}
+
+cvi_hamt_node *cvi_context_snapshot(cv_context_t *ctx)
+{
+    return owned_by_caller(ctx) ? retain_owned_root(ctx) : snapshot_foreign(ctx);
 }
 
 cv_context_t *cv_context_new(void)
@@ -340,7 +349,8 @@ cv_context_t *cv_context_new(void)
 cv_context_t *cv_copy_context(void)
 {
     cv_context_t *current = cvi_thread_current(&cvi_thread_state);
-    return current ? cv_context_copy(current) : cv_context_new();
+    /* Every context on the thread's stack is the thread's own. */
+    return current ? cvi_context_new_with_root(retain_owned_root(current)) : cv_context_new();
 }
 
 cv_context_t *cv_context_copy(cv_context_t *ctx)
@@ -392,7 +402,7 @@ __attribute__((always_inline)) static inline cv_status_t enter(cv_context_t *ctx
         /* Relaxed: nobody else holds ctx; whoever it is handed to from
          * inside the run gets it through a synchronising hand-off. */
         atomic_store_explicit(&ctx->owner, thread, memory_order_relaxed);
-    else if (!cvi_context_claim(ctx, thread))
+    else if (__builtin_expect(!cvi_context_claim(ctx, thread), 0))
         return CV_EBUSY;
     static const uintptr_t tags[] = {
         [ENTER_REFERENCED] = 0,
