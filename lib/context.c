@@ -319,15 +319,6 @@ static void keep_root(cv_context_t *ctx, void *arg)
     *(cvi_hamt_node **)arg = root;
 }
 
-/* A reference to the root of a context the caller owns. */
-static cvi_hamt_node *retain_owned_root(cv_context_t *ctx)
-{
-    cvi_hamt_node *root = cvi_context_owned_root(ctx);
-    if (root)
-        cvi_hamt_retain(root);
-    return root;
-}
-
 /* Out of line, so that the owner's path saves no registers for it. */
 __attribute__((noinline)) static cvi_hamt_node *snapshot_foreign(cv_context_t *ctx)
 {
@@ -336,9 +327,11 @@ __attribute__((noinline)) static cvi_hamt_node *snapshot_foreign(cv_context_t *c
     return root;
 }
 
-cvi_hamt_node *cvi_context_snapshot(cv_context_t *ctx)
+/* A reference to the current root of `ctx` (NULL: empty), which another
+ * thread may be writing. */
+static cvi_hamt_node *snapshot(cv_context_t *ctx)
 {
-    return owned_by_caller(ctx) ? retain_owned_root(ctx) : snapshot_foreign(ctx);
+    return owned_by_caller(ctx) ? cvi_context_retain_owned_root(ctx) : snapshot_foreign(ctx);
 }
 
 cv_context_t *cv_context_new(void)
@@ -350,12 +343,13 @@ cv_context_t *cv_copy_context(void)
 {
     cv_context_t *current = cvi_thread_current(&cvi_thread_state);
     /* Every context on the thread's stack is the thread's own. */
-    return current ? cvi_context_new_with_root(retain_owned_root(current)) : cv_context_new();
+    return current ? cvi_context_new_with_root(cvi_context_retain_owned_root(current))
+                   : cv_context_new();
 }
 
 cv_context_t *cv_context_copy(cv_context_t *ctx)
 {
-    return ctx ? cvi_context_new_with_root(cvi_context_snapshot(ctx)) : NULL;
+    return ctx ? cvi_context_new_with_root(snapshot(ctx)) : NULL;
 }
 
 void cv_context_retain(cv_context_t *ctx)
@@ -557,7 +551,7 @@ bool cv_context_equal(cv_context_t *a, cv_context_t *b)
         return false;
     if (a == b)
         return true;
-    cvi_hamt_node *root_a = cvi_context_snapshot(a), *root_b = cvi_context_snapshot(b);
+    cvi_hamt_node *root_a = snapshot(a), *root_b = snapshot(b);
     bool equal = cvi_hamt_equal(root_a, root_b, &cvi_var_entry_ops);
     cvi_node_release(root_a);
     cvi_node_release(root_b);
@@ -568,7 +562,7 @@ void cv_context_iter_init(cv_context_iter_t *it, cv_context_t *ctx)
 {
     if (!it)
         return;
-    cvi_hamt_node *root = ctx ? cvi_context_snapshot(ctx) : NULL;
+    cvi_hamt_node *root = ctx ? snapshot(ctx) : NULL;
     it->cv_private_snapshot = root;
     cvi_hamt_iter_init(&it->cv_private_walk, root);
 }

@@ -39,10 +39,6 @@ cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root);
  * with a new identity. Only for memory no other thread can reach. */
 void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root);
 
-/* A reference to the current root of `ctx` (NULL: empty), which another
- * thread may be writing. */
-cvi_hamt_node *cvi_context_snapshot(cv_context_t *ctx);
-
 /* cv_context_run for a context that no other thread can reach before fn
  * is called (a task's private context): claimed without an atomic
  * read-modify-write. */
@@ -52,6 +48,15 @@ cv_status_t cvi_context_run_private(cv_context_t *ctx, void (*fn)(void *arg), vo
 static inline cvi_hamt_node *cvi_context_owned_root(cv_context_t *ctx)
 {
     return atomic_load_explicit(&ctx->root, memory_order_relaxed);
+}
+
+/* A reference to the root of a context the caller owns (NULL: empty). */
+static inline cvi_hamt_node *cvi_context_retain_owned_root(cv_context_t *ctx)
+{
+    cvi_hamt_node *root = cvi_context_owned_root(ctx);
+    if (root)
+        cvi_hamt_retain(root);
+    return root;
 }
 
 /* The label of the map under `root` (var.c's top comment): given to every

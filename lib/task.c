@@ -34,14 +34,14 @@ bool cv_flow_is_suppressed(void)
     return cvi_thread_state.flow_suppressed != 0;
 }
 
-/* A reference to the map to hand over: the current context's, or the
- * empty map (NULL) while flow is suppressed or before the thread has a
- * context. */
+/* A reference to the map to hand over: the current context's (the
+ * thread's own, like every context on its stack), or the empty map (NULL)
+ * while flow is suppressed or before the thread has a context. */
 static cvi_hamt_node *capture_map(void)
 {
     struct cvi_thread *thread = &cvi_thread_state;
     cv_context_t *current = cvi_thread_current(thread);
-    return current && !thread->flow_suppressed ? cvi_context_snapshot(current) : NULL;
+    return current && !thread->flow_suppressed ? cvi_context_retain_owned_root(current) : NULL;
 }
 
 cv_context_t *cv_capture_context(void)
