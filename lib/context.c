@@ -73,20 +73,6 @@
 enum foreign_mode { FOREIGN_NONE, FOREIGN_RAISING, FOREIGN_ANNOUNCED };
 #define QUIET_UPDATES_TO_LOWER 64
 
-/* A fresh context with a new identity: also how a task's private context
- * is made new again for the next task (task.c). */
-void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root)
-{
-    atomic_init(&ctx->root, root);
-    atomic_init(&ctx->owner, NULL);
-    atomic_init(&ctx->foreign, 0);
-    atomic_init(&ctx->writing_in_place, false);
-    ctx->arrivals_seen = 0;
-    ctx->quiet_updates = 0;
-    atomic_init(&ctx->refs, 1);
-    ctx->id = cvi_thread_next_id();
-}
-
 cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
 {
     cv_context_t *ctx = cvi_alloc(sizeof(*ctx));

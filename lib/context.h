@@ -36,8 +36,19 @@ struct cv_context {
 cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root);
 
 /* Makes `ctx` a fresh context over `root` (one reference, taken over),
- * with a new identity. Only for memory no other thread can reach. */
-void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root);
+ * with a new identity. Only for memory no other thread can reach. Inline:
+ * every copy, capture and task run makes one. */
+static inline void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root)
+{
+    atomic_init(&ctx->root, root);
+    atomic_init(&ctx->owner, NULL);
+    atomic_init(&ctx->foreign, 0);
+    atomic_init(&ctx->writing_in_place, false);
+    ctx->arrivals_seen = 0;
+    ctx->quiet_updates = 0;
+    atomic_init(&ctx->refs, 1);
+    ctx->id = cvi_thread_next_id();
+}
 
 /* cv_context_run for a context that no other thread can reach before fn
  * is called (a task's private context): claimed without an atomic
