@@ -599,17 +599,24 @@ static void drop_subtree(cvi_hamt_node *node, const cvi_hamt_ops *ops)
     ops->drop_node(node);
 }
 
+/* The key's reference stays: only the value changes hands. */
+static void change_value(struct entry *slot, void *value, const cvi_hamt_ops *ops)
+{
+    if (slot->value == value)
+        return;
+    if (ops->retain_value) {
+        ops->retain_value(slot->key, value);
+        ops->release_value(slot->key, slot->value);
+    }
+    slot->value = value;
+}
+
 static void replace_value(struct entry *slot, void *value, const cvi_hamt_ops *ops,
                           struct assoc_result *result)
 {
     result->had_old = true;
     result->old_value = slot->value;
-    if (slot->value == value)
-        return;
-    /* The key's reference stays: only the value changes hands. */
-    ops->retain_value(slot->key, value);
-    ops->release_value(slot->key, slot->value);
-    slot->value = value;
+    change_value(slot, value, ops);
 }
 
 /* The subtree that replaces `node`, whose reference it consumes: `node`
@@ -704,11 +711,7 @@ static bool replace_in_place(cvi_hamt_node *node, void *key, uint32_t hash, void
         if (slot->key != key)
             return false;
         *old_value = slot->value;
-        if (slot->value != value) {
-            ops->retain_value(key, value);
-            ops->release_value(key, slot->value);
-            slot->value = value;
-        }
+        change_value(slot, value, ops);
         return true;
     }
     return false;

@@ -36,7 +36,9 @@ typedef struct cvi_hamt_ops {
     /* Called for each (key, value) reference a node takes or drops. */
     void (*retain)(void *key, void *value);
     void (*release)(void *key, void *value);
-    /* The value's half alone, for an update in place that keeps the key. */
+    /* The value's half alone, for an update in place that keeps the key:
+     * called only for the key being updated, so a caller may pass NULL
+     * for both when that key's values need no references. */
     void (*retain_value)(void *key, void *value);
     void (*release_value)(void *key, void *value);
     /* Drops a reference to a node that an update in place unlinked; the

@@ -224,6 +224,12 @@ const cvi_hamt_ops cvi_var_entry_ops = {
     entry_hash, entry_retain, entry_release, value_retain, value_release, cvi_node_release,
 };
 
+/* For updates of a variable without hooks: its value changes hands with
+ * no call (the map calls the value hooks for the updated key alone). */
+static const cvi_hamt_ops entry_ops_without_value_hooks = {
+    entry_hash, entry_retain, entry_release, NULL, NULL, cvi_node_release,
+};
+
 /* ------------------------------------------------------------------ cache */
 
 _Static_assert(offsetof(cv_var_t, head) == 0 &&
@@ -304,6 +310,11 @@ static bool has_hooks(const cv_var_t *var)
     return var->retain || var->release;
 }
 
+static const cvi_hamt_ops *update_ops(const cv_var_t *var)
+{
+    return has_hooks(var) ? &cvi_var_entry_ops : &entry_ops_without_value_hooks;
+}
+
 /* A variable with hooks may see its old value released as soon as the map
  * changes, so a token for it takes its own reference to the old value (and
  * to the variable, to release it with) before the change. */
@@ -335,15 +346,16 @@ static void token_spend(cv_token_t *token)
  * context: in place while no other thread reads the context (a set of a
  * variable that already has a value then allocates nothing), by path
  * copying otherwise. False when memory is short: nothing changed. */
-static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, void **old_value,
-                   bool *had_old)
+__attribute__((always_inline)) static inline bool
+update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, void **old_value, bool *had_old)
 {
     cvi_hamt_node *root = cvi_context_owned_root(ctx);
+    const cvi_hamt_ops *ops = update_ops(var);
     bool ok;
     if (cvi_context_begin_write(ctx)) {
-        ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, &cvi_var_entry_ops)
-                    : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, &cvi_var_entry_ops,
-                                              old_value, had_old);
+        ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, ops)
+                    : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, ops, old_value,
+                                              had_old);
         /* The root may be the same node with other contents: a new label
          * all the same, before end_write publishes it. */
         if (ok && root)
@@ -353,9 +365,9 @@ static bool update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, v
             return false;
     } else {
         cvi_hamt_node *new_root;
-        ok = remove ? cvi_hamt_without(root, var, var->head.hash, &cvi_var_entry_ops, &new_root)
-                    : cvi_hamt_assoc(root, var, var->head.hash, value, &cvi_var_entry_ops,
-                                     &new_root, old_value, had_old);
+        ok = remove ? cvi_hamt_without(root, var, var->head.hash, ops, &new_root)
+                    : cvi_hamt_assoc(root, var, var->head.hash, value, ops, &new_root, old_value,
+                                     had_old);
         if (!ok)
             return false;
         /* An unchanged root keeps its label (and may be shared). */
