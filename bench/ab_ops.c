@@ -7,9 +7,10 @@
  * tells a few instructions more from a busy neighbour.
  *
  * Uses only API that every 0.x version of the library has, so ab.sh can
- * build it against any commit's static library and header.
+ * build it against any commit's static library and header; the task mode
+ * needs 0.2 and exits with 3 on older headers.
  *
- *   ab_ops MODE N    MODE: run, enter_exit, set_reset, copy_release, get
+ *   ab_ops MODE N    MODE: run, enter_exit, set_reset, copy_release, get, task
  */
 #include <ctxvars.h>
 
@@ -31,7 +32,7 @@ static void fail(const char *what)
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: ab_ops run|enter_exit|set_reset|copy_release|get N\n");
+        fprintf(stderr, "usage: ab_ops run|enter_exit|set_reset|copy_release|get|task N\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -75,6 +76,20 @@ int main(int argc, char **argv)
                 fail("cv_get");
             __asm__ volatile("" : : "r"(value) : "memory");
         }
+    } else if (strcmp(mode, "task") == 0) {
+#if defined(CV_VERSION_MINOR) && (CV_VERSION_MAJOR > 0 || CV_VERSION_MINOR >= 2)
+        /* cv_task_init in the current context, cv_task_run on this thread. */
+        if (cv_context_enter(ctx) != CV_OK)
+            fail("cv_context_enter");
+        for (long i = 0; i < n; i++) {
+            cv_task_t task;
+            if (cv_task_init(&task, empty, NULL) != CV_OK || cv_task_run(&task) != CV_OK)
+                fail("cv_task_init/cv_task_run");
+        }
+#else
+        fprintf(stderr, "ab_ops: this library has no cv_task\n");
+        return 3;
+#endif
     } else {
         fprintf(stderr, "ab_ops: unknown mode %s\n", mode);
         return 2;
