@@ -369,8 +369,10 @@ enum entry {
     ENTER_PRIVATE,    /* borrowed, and no other thread can reach ctx yet */
 };
 
-/* Claims and pushes `ctx`. Always inline, as run() is. */
-__attribute__((always_inline)) static inline cv_status_t enter(cv_context_t *ctx, enum entry entry)
+/* Claims and pushes `ctx`, at the stack index it stores in *pushed_at.
+ * Always inline, as run() is. */
+__attribute__((always_inline)) static inline cv_status_t enter(cv_context_t *ctx, enum entry entry,
+                                                               uint32_t *pushed_at)
 {
     if (!ctx)
         return CV_EINVAL;
@@ -390,6 +392,7 @@ __attribute__((always_inline)) static inline cv_status_t enter(cv_context_t *ctx
         [ENTER_BORROWED] = CVI_BORROWED,
         [ENTER_PRIVATE] = CVI_BORROWED | CVI_RUN_OWNED,
     };
+    *pushed_at = thread->depth;
     if (!cvi_thread_push(thread, ctx, tags[entry])) {
         cvi_context_disown(ctx);
         return CV_ENOMEM;
@@ -408,24 +411,30 @@ __attribute__((always_inline)) static inline cv_status_t enter(cv_context_t *ctx
 
 cv_status_t cv_context_enter(cv_context_t *ctx)
 {
-    return enter(ctx, ENTER_REFERENCED);
+    uint32_t pushed_at;
+    return enter(ctx, ENTER_REFERENCED, &pushed_at);
 }
 
-/* Pops the top of the stack, dropping the stack's reference unless the
- * entry was lent by a run. */
-__attribute__((always_inline)) static inline void pop(struct cvi_thread *thread)
+/* Pops the entry at `top`, the top of the stack, dropping the stack's
+ * reference unless the entry was lent by a run. A run passes the index it
+ * pushed at, so that back-to-back runs carry the depth from one to the next
+ * through one store and one load, not a load of the depth its push has just
+ * stored (each such store-to-load round trip is several cycles on the
+ * critical path). */
+__attribute__((always_inline)) static inline void pop_at(struct cvi_thread *thread, uint32_t top)
 {
-    cv_context_t *top = thread->stack[--thread->depth];
+    cv_context_t *entry = thread->stack[top];
+    thread->depth = top;
     /* The base context is never popped: something is left below. */
-    cvi_context_view(cvi_stack_context(thread->stack[thread->depth - 1]));
+    cvi_context_view(cvi_stack_context(thread->stack[top - 1]));
     /* Before the context is given up: callbacks read both maps as owned. */
     if (cvi_callbacks_registered())
-        cvi_switch_notify(thread, CV_SWITCH_EXIT, cvi_stack_context(top),
+        cvi_switch_notify(thread, CV_SWITCH_EXIT, cvi_stack_context(entry),
                           cvi_thread_current(thread));
-    if (cvi_stack_borrowed(top))
-        cvi_context_disown(cvi_stack_context(top));
+    if (cvi_stack_borrowed(entry))
+        cvi_context_disown(cvi_stack_context(entry));
     else
-        cvi_context_leave(top);
+        cvi_context_leave(entry);
 }
 
 cv_status_t cv_context_exit(cv_context_t *ctx)
@@ -439,7 +448,7 @@ cv_status_t cv_context_exit(cv_context_t *ctx)
         return CV_ENOTCURRENT;
     if (cvi_in_callbacks())
         return CV_EBUSY;
-    pop(thread);
+    pop_at(thread, thread->depth - 1);
     return CV_OK;
 }
 
@@ -452,19 +461,21 @@ __attribute__((always_inline)) static inline cv_status_t run(cv_context_t *ctx, 
         return CV_EINVAL;
     /* The caller's reference keeps ctx alive for the call: no refcount
      * traffic, which keeps runs of one shared context scaling. */
-    cv_status_t status = enter(ctx, entry);
+    uint32_t index;
+    cv_status_t status = enter(ctx, entry, &index);
     if (status != CV_OK)
         return status;
     struct cvi_thread *thread = &cvi_thread_state;
-    uint32_t index = thread->depth - 1, outer_floor = thread->run_floor;
+    uint32_t outer_floor = thread->run_floor;
     thread->run_floor = index;
     fn(arg);
     thread->run_floor = outer_floor;
+    /* The depth is loaded here only to decide: the pop's store uses index. */
     while (thread->depth - 1 > index) {
-        pop(thread); /* left entered by fn */
+        pop_at(thread, thread->depth - 1); /* left entered by fn */
         status = CV_ENOTCURRENT;
     }
-    pop(thread);
+    pop_at(thread, index);
     return status;
 }
 
