@@ -259,14 +259,16 @@ static __attribute__((noinline, cold)) bool cache_grow(struct cv_private_lookup 
     return true;
 }
 
-/* Inline: every set and every cache miss ends here. */
-static inline void cache_store(const cv_var_t *var, void *value)
+/* Inline: every set and every cache miss ends here. `version` is the
+ * thread's current one, which a set passes from a register rather than
+ * load what it has just stored. */
+static inline void cache_store(const cv_var_t *var, void *value, uint64_t version)
 {
     struct cv_private_lookup *lookup = &cv_private_lookup_state;
     uint32_t slot = var->head.slot;
     if (__builtin_expect(slot >= lookup->cache_len, 0) && !cache_grow(lookup, slot))
         return;
-    lookup->cache[slot] = (struct cv_private_cache_entry){lookup->version, value};
+    lookup->cache[slot] = (struct cv_private_cache_entry){version, value};
 }
 
 /* The full lookup behind a cache miss. */
@@ -275,7 +277,7 @@ static bool lookup(cv_var_t *var, void **value)
     cv_context_t *ctx = cvi_thread_current(&cvi_thread_state);
     if (!ctx || !cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, value))
         return false;
-    cache_store(var, *value);
+    cache_store(var, *value, cv_private_lookup_state.version);
     return true;
 }
 
@@ -345,38 +347,47 @@ static void token_spend(cv_token_t *token)
 /* Sets var to value, or removes it, in the map of the thread's current
  * context: in place while no other thread reads the context (a set of a
  * variable that already has a value then allocates nothing), by path
- * copying otherwise. False when memory is short: nothing changed. */
-__attribute__((always_inline)) static inline bool
-update(cv_context_t *ctx, cv_var_t *var, bool remove, void *value, void **old_value, bool *had_old)
+ * copying otherwise. False when memory is short: nothing changed. Else
+ * *view is the label of the map the thread now reads. */
+__attribute__((always_inline)) static inline bool update(cv_context_t *ctx, cv_var_t *var,
+                                                         bool remove, void *value, void **old_value,
+                                                         bool *had_old, uint64_t *view)
 {
     cvi_hamt_node *root = cvi_context_owned_root(ctx);
     const cvi_hamt_ops *ops = update_ops(var);
-    bool ok;
+    uint64_t label;
     if (cvi_context_begin_write(ctx)) {
-        ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, ops)
-                    : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, ops, old_value,
-                                              had_old);
+        bool ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, ops)
+                         : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, ops,
+                                                   old_value, had_old);
         /* The root may be the same node with other contents: a new label
          * all the same, before end_write publishes it. */
-        if (ok && root)
-            cvi_hamt_set_label(root, cvi_thread_next_id());
+        label = CVI_EMPTY_MAP_LABEL;
+        if (ok && root) {
+            label = cvi_thread_next_id();
+            cvi_hamt_set_label(root, label);
+        }
         cvi_context_end_write(ctx, root);
         if (!ok)
             return false;
     } else {
         cvi_hamt_node *new_root;
-        ok = remove ? cvi_hamt_without(root, var, var->head.hash, ops, &new_root)
-                    : cvi_hamt_assoc(root, var, var->head.hash, value, ops, &new_root, old_value,
-                                     had_old);
+        bool ok = remove ? cvi_hamt_without(root, var, var->head.hash, ops, &new_root)
+                         : cvi_hamt_assoc(root, var, var->head.hash, value, ops, &new_root,
+                                          old_value, had_old);
         if (!ok)
             return false;
         /* An unchanged root keeps its label (and may be shared). */
-        if (new_root && new_root != root)
-            cvi_hamt_set_label(new_root, cvi_thread_next_id());
+        if (new_root && new_root != root) {
+            label = cvi_thread_next_id();
+            cvi_hamt_set_label(new_root, label);
+        } else {
+            label = cvi_map_label(new_root);
+        }
         cvi_context_publish(ctx, new_root);
-        root = new_root;
     }
-    cvi_thread_view(cvi_map_label(root));
+    cvi_thread_view(label);
+    *view = label;
     return true;
 }
 
@@ -405,13 +416,14 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
         had_old = cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, &old_value);
         token_hold(var, had_old, old_value);
     }
-    if (!update(ctx, var, false, value, &old_value, &had_old)) {
+    uint64_t view;
+    if (!update(ctx, var, false, value, &old_value, &had_old, &view)) {
         if (holds)
             token_unhold(var, had_old, old_value);
         token_clear(token);
         return CV_ENOMEM;
     }
-    cache_store(var, value); /* a get right after a set still hits */
+    cache_store(var, value, view); /* a get right after a set still hits */
     if (var->on_change)
         cvi_change_notify(var, CV_CHANGE_SET, had_old, old_value, true, value);
     if (holds && !token) {
@@ -455,13 +467,14 @@ cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
         had_value = cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, &replaced);
     if (holds)
         token_hold(var, had_value, replaced);
-    if (!update(ctx, var, !restore, old_value, &replaced, &had_value)) {
+    uint64_t view;
+    if (!update(ctx, var, !restore, old_value, &replaced, &had_value, &view)) {
         if (holds)
             token_unhold(var, had_value, replaced);
         return CV_ENOMEM;
     }
     if (restore)
-        cache_store(var, old_value);
+        cache_store(var, old_value, view);
     if (var->on_change)
         cvi_change_notify(var, CV_CHANGE_RESET, had_value, replaced, restore, old_value);
     if (holds)
