@@ -26,14 +26,8 @@
 #define ID_BLOCK 1024
 
 __thread struct cvi_thread cvi_thread_state __attribute__((tls_model("initial-exec")));
-/* The cache every thread starts with, and returns to at exit. No entry
- * matches: versions are labels, never 0. Never written: its length of 0
- * sends the first store to make the thread a cache of its own. */
-static const struct cv_private_cache_entry shared_empty_cache[CV_PRIVATE_CACHE_MIN];
-#define SHARED_EMPTY_CACHE ((struct cv_private_cache_entry *)shared_empty_cache)
-
 __thread struct cv_private_lookup cv_private_lookup_state
-    __attribute__((tls_model("initial-exec"))) = {CVI_EMPTY_MAP_LABEL, SHARED_EMPTY_CACHE, 0};
+    __attribute__((tls_model("initial-exec")));
 
 /* Threads that may update maps in place, for fork() to wait on. */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -102,9 +96,8 @@ static void on_thread_exit(void *arg)
     thread->stack_capacity = 0;
     thread->run_floor = 0;
     struct cv_private_lookup *lookup = &cv_private_lookup_state;
-    if (lookup->cache_len)
-        cvi_free(lookup->cache, lookup->cache_len * sizeof(*lookup->cache));
-    lookup->cache = SHARED_EMPTY_CACHE;
+    cvi_free(lookup->cache, lookup->cache_len * sizeof(*lookup->cache));
+    lookup->cache = NULL;
     lookup->cache_len = 0;
     cvi_thread_view(CVI_EMPTY_MAP_LABEL);
     /* Cleared: a thread that exits from inside an update in place (a

@@ -243,21 +243,17 @@ _Static_assert(offsetof(cv_var_t, head) == 0 &&
 static __attribute__((noinline, cold)) bool cache_grow(struct cv_private_lookup *lookup,
                                                        uint32_t slot)
 {
-    /* Never below CV_PRIVATE_CACHE_MIN: the inline get reads that far
-     * without a bounds check. */
-    uint32_t len = lookup->cache_len ? lookup->cache_len : CV_PRIVATE_CACHE_MIN;
+    uint32_t len = lookup->cache_len ? lookup->cache_len : 64;
     while (len <= slot)
         len *= 2;
     struct cv_private_cache_entry *grown = cvi_alloc(len * sizeof(*grown));
     if (!grown)
         return false;
-    /* Version 0 never matches: no map is labelled 0. A length of 0 is the
-     * shared empty cache, which is not ours to free. */
-    memset(grown + lookup->cache_len, 0, (len - lookup->cache_len) * sizeof(*grown));
-    if (lookup->cache_len) {
+    if (lookup->cache)
         memcpy(grown, lookup->cache, lookup->cache_len * sizeof(*grown));
-        cvi_free(lookup->cache, lookup->cache_len * sizeof(*grown));
-    }
+    /* Version 0 never matches: no map is labelled 0. */
+    memset(grown + lookup->cache_len, 0, (len - lookup->cache_len) * sizeof(*grown));
+    cvi_free(lookup->cache, lookup->cache_len * sizeof(*grown));
     lookup->cache = grown;
     lookup->cache_len = len;
     return true;

@@ -427,11 +427,6 @@ struct cv_private_lookup {
     uint32_t cache_len;
 };
 
-/* Every thread's cache has at least this many entries (a shared one that
- * never matches until the thread makes its own), so that slots below it
- * need no load of the length. */
-#define CV_PRIVATE_CACHE_MIN 64
-
 struct cv_private_var_head {
     uint32_t hash;
     uint32_t slot;
@@ -451,9 +446,8 @@ static inline bool cv_private_cached(cv_var_t *var, void **value)
     const struct cv_private_var_head *head = (const struct cv_private_var_head *)(const void *)var;
 #endif
     const struct cv_private_lookup *lookup = &cv_private_lookup_state;
-    uint32_t slot = head->slot;
-    if (__builtin_expect(slot < CV_PRIVATE_CACHE_MIN, 1) || slot < lookup->cache_len) {
-        const struct cv_private_cache_entry *entry = &lookup->cache[slot];
+    if (__builtin_expect(head->slot < lookup->cache_len, 1)) {
+        const struct cv_private_cache_entry *entry = &lookup->cache[head->slot];
         if (__builtin_expect(entry->version == lookup->version, 1)) {
             *value = entry->value;
             return true;
