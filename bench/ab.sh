@@ -9,8 +9,11 @@
 #   (--rounds 0: counts only; --sizes: context sizes of the sized rows, default 1)
 #
 # Builds each commit's own ctxvars_bench (glibc malloc, Release) from
-# `git archive` under ${TMPDIR:-/tmp}/ctxvars-ab/<commit> (the work tree
-# and its build directories are not touched), then runs the two binaries
+# `git archive` under ${TMPDIR:-/tmp}/ctxvars-ab/<commit>-a64 (the work
+# tree and its build directories are not touched), library and harness
+# alike with functions and loops aligned to 64 bytes: otherwise where a
+# change happens to move unrelated code can shift a sub-nanosecond row by
+# 2x, on either side. Then it runs the two binaries
 # alternately (ABBA), N rounds (default 5) of three repetitions each, and prints
 # for each benchmark the median over rounds of each side's median and
 # NEW/OLD. Alternating spreads a busy machine's slow phases over both
@@ -36,15 +39,17 @@ done
 [ ${#revs[@]} -eq 2 ] || { echo "usage: $0 [--rounds N] [--filter REGEX] [--sizes LIST] OLD NEW" >&2; exit 2; }
 
 work="${TMPDIR:-/tmp}/ctxvars-ab"
+align="-falign-functions=64 -falign-loops=64"
 bins=() ops=()
 for rev in "${revs[@]}"; do
   commit=$(git -C "$root" rev-parse --short "$rev^{commit}")
-  src="$work/$commit/src" build="$work/$commit/build"
+  src="$work/$commit-a64/src" build="$work/$commit-a64/build"
   if [ ! -x "$build/bench/ctxvars_bench" ]; then
     echo "=== building $commit into $build"
     rm -rf "$src" && mkdir -p "$src" "$build"
     git -C "$root" archive "$commit" | tar -x -C "$src"
     cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCV_BUILD_TESTS=OFF -DCV_BUILD_BENCH=ON \
+      -DCMAKE_C_FLAGS="$align" -DCMAKE_CXX_FLAGS="$align" \
       >"$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
     cmake --build "$build" --target ctxvars_bench -j2 >"$build/build.log" 2>&1 ||
       { tail -30 "$build/build.log"; exit 1; }
