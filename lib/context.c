@@ -329,18 +329,9 @@ cv_context_t *cv_context_new(void)
 cv_context_t *cv_copy_context(void)
 {
     cv_context_t *current = cvi_thread_current(&cvi_thread_state);
-    if (!current)
-        return cv_context_new();
-    /* Every context on the thread's stack is the thread's own, so its root
-     * stays put meanwhile. */
-    cvi_hamt_node *root = cvi_context_owned_root(current);
-    cv_context_t *copy = cvi_alloc(sizeof(*copy));
-    if (!copy)
-        return NULL;
-    cvi_context_init(copy, root);
-    if (root)
-        cvi_hamt_retain(root);
-    return copy;
+    /* Every context on the thread's stack is the thread's own. */
+    return current ? cvi_context_new_with_root(cvi_context_retain_owned_root(current))
+                   : cv_context_new();
 }
 
 cv_context_t *cv_context_copy(cv_context_t *ctx)
