@@ -81,17 +81,23 @@ cv_status_t cv_task_run(cv_task_t *task)
     if (!ctx && !(ctx = cvi_context_new_with_root(NULL)))
         return CV_ENOMEM;
     /* Emptied first: fn may free the memory the task lives in (a pool's
-     * task record often frees itself). */
-    cv_task_t taken = *task;
+     * task record often frees itself). Read field by field (volatile, so
+     * that the compiler does not merge them into one wide load again):
+     * cv_task_init stores them one by one, and a load spanning two of
+     * those stores waits for them to reach the cache instead of taking
+     * them from the store buffer. */
+    void (*fn)(void *arg) = task->cv_private_fn;
+    void *arg = *(void *volatile *)&task->cv_private_arg;
+    cvi_hamt_node *map = *(void *volatile *)&task->cv_private_map;
     *task = (cv_task_t){0};
-    cvi_context_init(ctx, taken.cv_private_map);
-    cv_status_t status = cvi_context_run_private(ctx, taken.cv_private_fn, taken.cv_private_arg);
+    cvi_context_init(ctx, map);
+    cv_status_t status = cvi_context_run_private(ctx, fn, arg);
     if (status != CV_OK && status != CV_ENOTCURRENT) {
         /* fn was not called (no memory to enter, or inside a callback): the
          * task is given back whole, to run later. */
         atomic_store_explicit(&ctx->root, NULL, memory_order_relaxed);
         keep_task_context(thread, ctx);
-        *task = taken;
+        *task = (cv_task_t){fn, arg, map};
         return status;
     }
     /* Acquire: if whoever fn handed the context to has let go, their uses
