@@ -124,8 +124,5 @@ void cvi_free_slow(void *ptr, size_t size)
         free(ptr);
         return;
     }
-    struct cvi_free_block *block = ptr;
-    block->next = cache->head[size_class];
-    cache->head[size_class] = block;
-    cache->count[size_class]++;
+    cvi_block_push(cache, size_class, ptr);
 }

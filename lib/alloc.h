@@ -57,6 +57,15 @@ static inline unsigned cvi_block_class(size_t size)
     return (unsigned)((size - 1) / CVI_BLOCK_BYTES);
 }
 
+/* Puts `ptr` on its class's list; the caller has checked there is room. */
+static inline void cvi_block_push(struct cvi_block_cache *cache, unsigned size_class, void *ptr)
+{
+    struct cvi_free_block *block = ptr;
+    block->next = cache->head[size_class];
+    cache->head[size_class] = block;
+    cache->count[size_class]++;
+}
+
 /* NULL when memory is short; never for size 0 (callers never ask for 0). */
 static inline void *cvi_alloc(size_t size)
 {
@@ -80,10 +89,7 @@ static inline void cvi_free(void *ptr, size_t size)
     if (ptr && cvi_cacheable(size) && cache) {
         unsigned size_class = cvi_block_class(size);
         if (cache->count[size_class] != CVI_BLOCKS_PER_CLASS) {
-            struct cvi_free_block *block = ptr;
-            block->next = cache->head[size_class];
-            cache->head[size_class] = block;
-            cache->count[size_class]++;
+            cvi_block_push(cache, size_class, ptr);
             return;
         }
     }
