@@ -456,14 +456,20 @@ static inline bool cv_private_cached(cv_var_t *var, void **value)
     return false;
 }
 
+/* The library's cv_get writes to a local, not to *out: were out's address
+ * passed to it, the caller's variable could not live in a register, and
+ * every cached get would also store it to memory. */
 static inline cv_status_t cv_private_get(cv_var_t *var, void **out)
 {
     void *value;
-    if (var && out && cv_private_cached(var, &value)) {
+    if (!var || !out)
+        return CV_EINVAL;
+    cv_status_t status = CV_OK;
+    if (!cv_private_cached(var, &value))
+        status = (cv_get)(var, &value);
+    if (status == CV_OK)
         *out = value;
-        return CV_OK;
-    }
-    return (cv_get)(var, out);
+    return status;
 }
 
 static inline void *cv_private_get_or(cv_var_t *var, void *fallback)
