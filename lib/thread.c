@@ -26,8 +26,6 @@
 #define ID_BLOCK 1024
 
 __thread struct cvi_thread cvi_thread_state __attribute__((tls_model("initial-exec")));
-__thread struct cv_private_lookup cv_private_lookup_state
-    __attribute__((tls_model("initial-exec")));
 
 /* Threads that may update maps in place, for fork() to wait on. */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -95,11 +93,7 @@ static void on_thread_exit(void *arg)
     thread->stack = NULL;
     thread->stack_capacity = 0;
     thread->run_floor = 0;
-    struct cv_private_lookup *lookup = &cv_private_lookup_state;
-    cvi_free(lookup->cache, lookup->cache_len * sizeof(*lookup->cache));
-    lookup->cache = NULL;
-    lookup->cache_len = 0;
-    cvi_thread_view(CVI_EMPTY_MAP_LABEL);
+    cvi_var_cache_thread_exit();
     /* Cleared: a thread that exits from inside an update in place (a
      * release hook calling pthread_exit) has abandoned it, and fork(),
      * which holds the registry while it waits, must not wait for it.

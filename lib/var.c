@@ -1,8 +1,8 @@
 /*
  * Variables, tokens and the per-thread lookup cache.
  *
- * The cache: every thread has an array of (version, value) entries indexed
- * by a small integer slot that each variable gets at creation. An entry's
+ * The cache: every thread has an array of (version, value) entries, one
+ * per slot, a small integer that each variable gets at creation. An entry's
  * version is the label of the map its value was found in, and the thread's
  * version is the label of the map of its current context. Every write
  * gives the root it leaves a label never used before (also a root changed
@@ -10,8 +10,17 @@
  * version equals the thread's is exactly what a full lookup would return.
  * Switching to a context with the same map (a copy, a task captured from
  * the same context as the last one) keeps the entries; any other switch,
- * and every write, leaves them stale. A warm cv_get is a TLS load, a bounds
- * check, one compare and a load from memory no other thread touches.
+ * and every write, leaves them stale. A warm cv_get is a load of the
+ * variable's offset, two TLS loads, one compare and a load from memory no
+ * other thread touches.
+ *
+ * No bounds check: every thread's array covers every slot (CACHE_SLOTS).
+ * Until its first store a thread reads zeros in .bss that no thread writes
+ * (version 0 names no map); then it maps its own array, which the kernel
+ * backs page by page as entries are stored, so a thread that reads a few
+ * variables keeps one page. Past CACHE_SLOTS - 1 live variables the rest
+ * share the last slot, whose entry is never stored: their gets always
+ * look the map up.
  *
  * Only values found in the map are cached, never defaults, and nothing is
  * stored under the empty map's label. That keeps slot reuse safe without
@@ -19,6 +28,7 @@
  * current map, which therefore still holds the variable, which therefore
  * is alive and still owns its slot.
  */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS and MAP_NORESERVE in -std=c11 */
 #include "var.h"
 
 #include "alloc.h"
@@ -29,6 +39,7 @@
 
 #include <pthread.h>
 #include <string.h>
+#include <sys/mman.h>
 
 enum token_flags {
     TOKEN_LIVE = 1u,    /* may still be reset or discarded */
@@ -40,9 +51,15 @@ enum token_flags {
 
 /* ------------------------------------------------------------------ slots */
 
-/* Slots are reused so that per-thread caches stay as small as the number
- * of live variables. free_slots always has room for every slot ever handed
- * out, so giving one back never allocates. */
+/* 1 MiB of address space per thread, less than a huge page, so that
+ * transparent huge pages never back it whole. */
+#define CACHE_SLOTS 65536u
+#define OVERFLOW_SLOT (CACHE_SLOTS - 1)
+#define CACHE_BYTES (CACHE_SLOTS * sizeof(struct cv_private_cache_entry))
+
+/* Slots are reused so that the live variables fit in CACHE_SLOTS.
+ * free_slots always has room for every slot ever handed out, so giving one
+ * back never allocates. */
 static pthread_mutex_t slot_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint32_t slots_handed_out;
 static uint32_t *free_slots;
@@ -54,8 +71,8 @@ static bool slot_take(uint32_t *slot)
     pthread_mutex_lock(&slot_lock);
     if (free_slot_count) {
         *slot = free_slots[--free_slot_count];
-    } else if (slots_handed_out == UINT32_MAX) {
-        ok = false;
+    } else if (slots_handed_out == OVERFLOW_SLOT) {
+        *slot = OVERFLOW_SLOT;
     } else {
         if (slots_handed_out == free_slot_capacity) {
             uint32_t capacity = free_slot_capacity ? free_slot_capacity * 2 : 64;
@@ -78,6 +95,8 @@ static bool slot_take(uint32_t *slot)
 
 static void slot_give(uint32_t slot)
 {
+    if (slot == OVERFLOW_SLOT)
+        return;
     pthread_mutex_lock(&slot_lock);
     free_slots[free_slot_count++] = slot;
     pthread_mutex_unlock(&slot_lock);
@@ -127,7 +146,7 @@ cv_var_t *cv_var_new(const char *name, const cv_var_opts_t *opts)
     cv_var_t *var = (cv_var_t *)(((uintptr_t)allocation + 63) & ~(uintptr_t)63);
     memcpy(name_copy, name, name_size);
     *var = (cv_var_t){
-        .head.slot = slot,
+        .head.cache_offset = slot * (uint32_t)sizeof(struct cv_private_cache_entry),
         /* Relaxed: only uniqueness matters, which the RMW gives. */
         .serial = atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed),
         .name = name_copy,
@@ -161,7 +180,7 @@ void cvi_var_unref(cv_var_t *var)
      * instruction on x86, and ThreadSanitizer sees it, unlike a fence). */
     if (atomic_fetch_sub_explicit(&var->refs, 1, memory_order_acq_rel) != 1)
         return;
-    slot_give(var->head.slot);
+    slot_give(var->head.cache_offset / (uint32_t)sizeof(struct cv_private_cache_entry));
     cvi_free(var->name, var->name_size);
     cvi_free(var->allocation, VAR_ALLOCATION_SIZE);
 }
@@ -233,30 +252,62 @@ static const cvi_hamt_ops entry_ops_without_value_hooks = {
 /* ------------------------------------------------------------------ cache */
 
 _Static_assert(offsetof(cv_var_t, head) == 0 &&
-                   offsetof(struct cvi_var_head, slot) ==
-                       offsetof(struct cv_private_var_head, slot) &&
+                   offsetof(struct cvi_var_head, cache_offset) ==
+                       offsetof(struct cv_private_var_head, cache_offset) &&
                    sizeof(struct cvi_var_head) == sizeof(struct cv_private_var_head),
-               "the header's inline get reads the slot here");
+               "the header's inline get reads the cache offset here");
 
-/* Makes the thread's cache cover `slot`; false if memory is short, which
- * only costs the next get a full lookup. */
-static __attribute__((noinline, cold)) bool cache_grow(struct cv_private_lookup *lookup,
-                                                       uint32_t slot)
+/* Every thread's cache until its first store, and again after its exit. */
+static struct cv_private_cache_entry unwritten_cache[CACHE_SLOTS];
+
+/* Initial-exec, as cvi_thread_state. The empty map's label matches no
+ * entry, not even the zeros of unwritten_cache. */
+__thread struct cv_private_lookup cv_private_lookup_state
+    __attribute__((tls_model("initial-exec"))) = {
+        .version = CVI_EMPTY_MAP_LABEL,
+        .cache = unwritten_cache,
+};
+
+static bool cache_map_refused_for_testing;
+static atomic_long caches_mapped_for_testing;
+
+void cv_testing_refuse_cache_map(bool refuse)
 {
-    uint32_t len = lookup->cache_len ? lookup->cache_len : 64;
-    while (len <= slot)
-        len *= 2;
-    struct cv_private_cache_entry *grown = cvi_alloc(len * sizeof(*grown));
-    if (!grown)
+    cache_map_refused_for_testing = refuse;
+}
+
+long cv_testing_caches_mapped(void)
+{
+    return atomic_load_explicit(&caches_mapped_for_testing, memory_order_relaxed);
+}
+
+/* Gives the thread its own cache, straight from the kernel: it must read
+ * as zeros without being written, which the allocator hook cannot promise
+ * without touching every page. False if the kernel refuses, which only
+ * costs the thread's gets full lookups until a later store maps it. */
+static __attribute__((noinline, cold)) bool cache_map(struct cv_private_lookup *lookup)
+{
+    if (cache_map_refused_for_testing)
         return false;
-    if (lookup->cache)
-        memcpy(grown, lookup->cache, lookup->cache_len * sizeof(*grown));
-    /* Version 0 never matches: no map is labelled 0. */
-    memset(grown + lookup->cache_len, 0, (len - lookup->cache_len) * sizeof(*grown));
-    cvi_free(lookup->cache, lookup->cache_len * sizeof(*grown));
-    lookup->cache = grown;
-    lookup->cache_len = len;
+    void *cache = mmap(NULL, CACHE_BYTES, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (cache == MAP_FAILED)
+        return false;
+    /* Relaxed: a statistic; the tests read it after joining threads. */
+    atomic_fetch_add_explicit(&caches_mapped_for_testing, 1, memory_order_relaxed);
+    lookup->cache = cache;
     return true;
+}
+
+void cvi_var_cache_thread_exit(void)
+{
+    struct cv_private_lookup *lookup = &cv_private_lookup_state;
+    if (lookup->cache != unwritten_cache) {
+        munmap(lookup->cache, CACHE_BYTES);
+        atomic_fetch_sub_explicit(&caches_mapped_for_testing, 1, memory_order_relaxed);
+    }
+    lookup->cache = unwritten_cache;
+    cvi_thread_view(CVI_EMPTY_MAP_LABEL);
 }
 
 /* Inline: every set and every cache miss ends here. `version` is the
@@ -265,10 +316,13 @@ static __attribute__((noinline, cold)) bool cache_grow(struct cv_private_lookup 
 static inline void cache_store(const cv_var_t *var, void *value, uint64_t version)
 {
     struct cv_private_lookup *lookup = &cv_private_lookup_state;
-    uint32_t slot = var->head.slot;
-    if (__builtin_expect(slot >= lookup->cache_len, 0) && !cache_grow(lookup, slot))
+    uint32_t offset = var->head.cache_offset;
+    if (__builtin_expect(offset == OVERFLOW_SLOT * sizeof(struct cv_private_cache_entry), 0))
         return;
-    lookup->cache[slot] = (struct cv_private_cache_entry){version, value};
+    if (__builtin_expect(lookup->cache == unwritten_cache, 0) && !cache_map(lookup))
+        return;
+    *(struct cv_private_cache_entry *)(void *)((char *)lookup->cache + offset) =
+        (struct cv_private_cache_entry){version, value};
 }
 
 /* The full lookup behind a cache miss. */

@@ -15,10 +15,10 @@ struct cv_var {
     /* Read by every lookup, written only at creation: kept apart from the
      * reference count so that readers on many cores share the line
      * without invalidations. */
-    /* First, so that the header's inline get can read the slot. */
+    /* First, so that the header's inline get can read the cache offset. */
     struct cvi_var_head {
-        uint32_t hash; /* map hash: never derived from user data */
-        uint32_t slot; /* index into each thread's lookup cache; reused after free */
+        uint32_t hash;         /* map hash: never derived from user data */
+        uint32_t cache_offset; /* of its entry in each thread's cache; reused after free */
     } head;
     uint64_t serial; /* never reused: tells a variable from one at a reused address */
     void *default_value;
@@ -46,6 +46,9 @@ extern const cvi_hamt_ops cvi_var_entry_ops;
 /* Reference counting of a variable's storage. */
 void cvi_var_ref(cv_var_t *var);
 void cvi_var_unref(cv_var_t *var);
+
+/* Unmaps the calling thread's lookup cache, at its exit. */
+void cvi_var_cache_thread_exit(void);
 
 /* fork() handlers for the slot allocator's lock. */
 void cvi_var_before_fork(void);

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "run_selected.h"
+#include "testing.h"
 
 #include <pthread.h>
 
@@ -309,7 +310,8 @@ static void test_run_that_leaves_a_context_entered(void **state)
 
 static uint32_t slot_of(const cv_var_t *var)
 {
-    return ((const struct cv_private_var_head *)(const void *)var)->slot;
+    return ((const struct cv_private_var_head *)(const void *)var)->cache_offset /
+           (uint32_t)sizeof(struct cv_private_cache_entry);
 }
 
 /* A freed variable's slot goes to the next new variable: the new one must
@@ -557,8 +559,8 @@ static void test_changed_in_place_by_another_thread(void **state)
     cv_var_release(keep);
 }
 
-/* More variables than the cache's first allocation: growth keeps old
- * entries right and new ones start cold. */
+/* Variables over more than one page of the cache: entries on pages the
+ * thread has not stored to yet start cold. */
 static void test_many_variables(void **state)
 {
     (void)state;
@@ -580,6 +582,80 @@ static void test_many_variables(void **state)
         check_value(vars[i], VAL(i + 1));
     cv_context_release(empty);
     for (int i = 0; i < N; i++)
+        cv_var_release(vars[i]);
+}
+
+/* The cache has a slot for each of the first 65,535 live variables; the
+ * ones past them share the last slot, which must never be stored to: each
+ * answers for itself, from the map. */
+static void test_more_variables_than_slots(void **state)
+{
+    (void)state;
+    enum { SLOTS = 65536, OVERFLOWING = 4 };
+    static cv_var_t *vars[SLOTS + OVERFLOWING];
+    static bool slot_seen[SLOTS];
+    memset(slot_seen, 0, sizeof(slot_seen));
+    /* Other suites' variables may hold slots: go until one repeats. */
+    size_t n = 0, first_shared = 0;
+    while (!first_shared) {
+        assert_true(n < SLOTS);
+        vars[n] = new_var("slots");
+        uint32_t slot = slot_of(vars[n]);
+        assert_true(slot < SLOTS);
+        if (slot_seen[slot])
+            first_shared = n;
+        slot_seen[slot] = true;
+        n++;
+    }
+    uint32_t shared = slot_of(vars[first_shared]);
+    assert_int_equal(shared, SLOTS - 1);
+    for (int i = 1; i < OVERFLOWING; i++) {
+        vars[n] = new_var("past");
+        assert_int_equal(slot_of(vars[n]), shared);
+        n++;
+    }
+    cv_var_t *past[OVERFLOWING + 1];
+    past[0] = vars[first_shared - 1]; /* the first to get the last slot */
+    assert_int_equal(slot_of(past[0]), shared);
+    for (int i = 0; i < OVERFLOWING; i++)
+        past[i + 1] = vars[n - OVERFLOWING + i];
+    cv_var_t *low = vars[0];
+    const struct cv_private_cache_entry *shared_entry =
+        (const struct cv_private_cache_entry *)(const void *)((const char *)
+                                                                  cv_private_lookup_state.cache +
+                                                              shared * sizeof(*shared_entry));
+
+    assert_int_equal(cv_set(low, VAL(0x10), NULL), CV_OK);
+    for (int i = 0; i <= OVERFLOWING; i++) {
+        assert_int_equal(cv_set(past[i], VAL(0x100 + i), NULL), CV_OK);
+        assert_true(shared_entry->version != cv_private_lookup_state.version);
+    }
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i <= OVERFLOWING; i++) {
+            check_value(past[i], VAL(0x100 + i));
+            check_value(low, VAL(0x10));
+        }
+    cv_context_t *empty = cv_context_new();
+    assert_int_equal(cv_context_enter(empty), CV_OK);
+    for (int i = 0; i <= OVERFLOWING; i++)
+        check_none(past[i]);
+    assert_int_equal(cv_context_exit(empty), CV_OK);
+    cv_context_release(empty);
+    for (int i = 0; i <= OVERFLOWING; i++)
+        check_value(past[i], VAL(0x100 + i));
+
+    /* Freed, a variable past the slots gives nothing back; so a variable
+     * with a slot of its own, freed before it, gives its slot to the next
+     * new one. (Neither was ever set: nothing else holds them.) */
+    cv_var_t *unset_past = new_var("unset");
+    assert_int_equal(slot_of(unset_past), shared);
+    uint32_t freed = slot_of(vars[1]);
+    cv_var_release(vars[1]);
+    cv_var_release(unset_past);
+    vars[1] = new_var("reused");
+    assert_int_equal(slot_of(vars[1]), freed);
+    check_none(vars[1]);
+    for (size_t i = 0; i < n; i++)
         cv_var_release(vars[i]);
 }
 
@@ -708,6 +784,49 @@ static void test_thread_starts_with_its_own_cache(void **state)
         assert_int_equal(cv_set(in.x, VAL(1), NULL), CV_OK);
     }
     cv_var_release(in.x);
+}
+
+/* A thread whose cache the kernel will not map reads every value from the
+ * map, and maps the cache at a later store once the kernel agrees. */
+struct refused {
+    cv_var_t *x;
+    const char *failure;
+};
+
+static void *refused_main(void *arg)
+{
+    struct refused *r = arg;
+    struct cv_private_cache_entry *unmapped = cv_private_lookup_state.cache;
+    for (int i = 1; i <= 3 && !r->failure; i++) {
+        if (cv_set(r->x, VAL(i), NULL) != CV_OK)
+            r->failure = "set while refused";
+        else if (get_mismatch(r->x, HAS_VALUE, VAL(i)))
+            r->failure = "get while refused";
+    }
+    if (!r->failure && cv_private_lookup_state.cache != unmapped)
+        r->failure = "mapped while refused";
+    cv_testing_refuse_cache_map(false);
+    if (!r->failure && cv_set(r->x, VAL(9), NULL) != CV_OK)
+        r->failure = "set once allowed";
+    if (!r->failure && cv_private_lookup_state.cache == unmapped)
+        r->failure = "not mapped once allowed";
+    if (!r->failure && get_mismatch(r->x, HAS_VALUE, VAL(9)))
+        r->failure = "get once mapped";
+    return NULL;
+}
+
+static void test_cache_map_refused(void **state)
+{
+    (void)state;
+    struct refused r = {new_var("x"), NULL};
+    cv_testing_refuse_cache_map(true);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, refused_main, &r), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    cv_testing_refuse_cache_map(false);
+    if (r.failure)
+        fail_msg("%s", r.failure);
+    cv_var_release(r.x);
 }
 
 /* ------------------------------------------------- random, with a model */
@@ -1006,8 +1125,10 @@ int main(void)
         T(test_contexts_over_the_same_map),
         T(test_changed_in_place_by_another_thread),
         T(test_many_variables),
+        T(test_more_variables_than_slots),
         T(test_switching_threads),
         T(test_thread_starts_with_its_own_cache),
+        T(test_cache_map_refused),
         T(test_random_against_model),
     };
 #undef T

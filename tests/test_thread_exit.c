@@ -12,7 +12,9 @@
  * With --exact, a counting allocator is installed first and the library's
  * live bytes must be back at their value from before the first thread at
  * every checkpoint: exact, where RSS is coarse. (The default allocator's
- * per-thread block cache is then bypassed; the plain run covers it.)
+ * per-thread block cache is then bypassed; the plain run covers it.) In
+ * both runs every thread that has exited must have unmapped its lookup
+ * cache.
  *
  * A last case has a thread exit inside cv_context_run of a context that
  * another thread holds a reference to: the context must survive.
@@ -30,6 +32,8 @@
 #include <cmocka.h>
 
 #include <ctxvars.h>
+
+#include "testing.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -301,6 +305,7 @@ static void test_threads_exit(void **state)
     assert_int_equal(cv_context_len(template_ctx), TEMPLATE_VARS);
     cv_reclaim_barrier();
     long bytes_before = atomic_load(&live_bytes), blocks_before = atomic_load(&live_blocks);
+    long caches_before = cv_testing_caches_mapped();
 
     long done = 0, rss_warm = 0, rss_max = 0;
     for (int checkpoint = 1; checkpoint <= CHECKPOINTS; checkpoint++) {
@@ -323,6 +328,8 @@ static void test_threads_exit(void **state)
                       exact ? "" : " (not counted)", held);
         /* Only the template's values are still held. */
         assert_int_equal(held, TEMPLATE_VARS);
+        /* Every worker stored into its lookup cache and unmapped it at exit. */
+        assert_int_equal(cv_testing_caches_mapped(), caches_before);
         if (exact) {
             assert_int_equal(atomic_load(&live_bytes), bytes_before);
             assert_int_equal(atomic_load(&live_blocks), blocks_before);

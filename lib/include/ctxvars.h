@@ -37,7 +37,7 @@ extern "C" {
 #endif
 
 #define CV_VERSION_MAJOR 0
-#define CV_VERSION_MINOR 2
+#define CV_VERSION_MINOR 3
 #define CV_VERSION_PATCH 0
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -421,15 +421,17 @@ struct cv_private_cache_entry {
     void *value;
 };
 
+/* Every variable's entry lies inside every thread's cache: a thread that
+ * has stored nothing yet reads a region of zeros that nobody writes, and
+ * version 0 names no map. So the get needs no bounds check. */
 struct cv_private_lookup {
     uint64_t version;                     /* names the map cv_get reads from */
-    struct cv_private_cache_entry *cache; /* indexed by variable slot */
-    uint32_t cache_len;
+    struct cv_private_cache_entry *cache; /* each variable's entry at its cache_offset */
 };
 
 struct cv_private_var_head {
     uint32_t hash;
-    uint32_t slot;
+    uint32_t cache_offset; /* in bytes, so that no shift is needed */
 };
 
 CV_EXPORT extern __thread struct cv_private_lookup cv_private_lookup_state
@@ -439,26 +441,26 @@ CV_EXPORT extern __thread struct cv_private_lookup cv_private_lookup_state
 
 static inline bool cv_private_cached(cv_var_t *var, void **value)
 {
+    const struct cv_private_lookup *lookup = &cv_private_lookup_state;
 #ifdef __cplusplus
     const struct cv_private_var_head *head =
         reinterpret_cast<const struct cv_private_var_head *>(var);
+    const struct cv_private_cache_entry *entry =
+        reinterpret_cast<const struct cv_private_cache_entry *>(
+            reinterpret_cast<const char *>(lookup->cache) + head->cache_offset);
 #else
     const struct cv_private_var_head *head = (const struct cv_private_var_head *)(const void *)var;
+    const struct cv_private_cache_entry *entry =
+        (const struct cv_private_cache_entry *)(const void *)((const char *)lookup->cache +
+                                                              head->cache_offset);
 #endif
-    const struct cv_private_lookup *lookup = &cv_private_lookup_state;
-    if (__builtin_expect(head->slot < lookup->cache_len, 1)) {
-        const struct cv_private_cache_entry *entry = &lookup->cache[head->slot];
-        if (__builtin_expect(entry->version == lookup->version, 1)) {
-            *value = entry->value;
-            return true;
-        }
+    if (__builtin_expect(entry->version == lookup->version, 1)) {
+        *value = entry->value;
+        return true;
     }
     return false;
 }
 
-/* The library's cv_get writes to a local, not to *out: were out's address
- * passed to it, the caller's variable could not live in a register, and
- * every cached get would also store it to memory. */
 static inline cv_status_t cv_private_get(cv_var_t *var, void **out)
 {
     void *value;
