@@ -41,3 +41,13 @@ set(cv_package_env
 add_test(NAME package_consumers
   COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/package/check_package.sh)
 set_tests_properties(package_consumers PROPERTIES TIMEOUT 300 ENVIRONMENT "${cv_package_env}")
+
+# The shared library loaded with dlopen() by a program that does not link
+# it, with a thread that started before the dlopen().
+add_executable(test_dlopen test_dlopen.c)
+target_link_libraries(test_dlopen PRIVATE PkgConfig::CMOCKA Threads::Threads ${CMAKE_DL_LIBS})
+target_include_directories(test_dlopen PRIVATE ${PROJECT_SOURCE_DIR}/lib/include)
+target_compile_options(test_dlopen PRIVATE -Wall -Wextra -Werror)
+add_dependencies(test_dlopen ctxvars)
+add_test(NAME test_dlopen COMMAND test_dlopen $<TARGET_FILE:ctxvars>)
+set_tests_properties(test_dlopen PROPERTIES TIMEOUT 60)
