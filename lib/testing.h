@@ -19,9 +19,10 @@ void cv_testing_set_var_hash(cv_var_t *var, uint32_t hash);
  * baseline only; elsewhere a no-op). Single-threaded tests only. */
 void cv_testing_software_popcount(bool software);
 
-/* With `refuse` true, a thread's first cache store finds the kernel
- * refusing its cache, as under an address-space limit: its gets then look
- * the map up every time. Single-threaded tests only. */
+/* With `refuse` true, threads that start using the library find the
+ * kernel refusing their lookup cache, as under an address-space limit:
+ * their gets then look the map up every time. Set it only while no other
+ * thread uses the library. */
 void cv_testing_refuse_cache_map(bool refuse);
 
 /* How many threads have a cache of their own mapped: each thread that

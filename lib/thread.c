@@ -133,6 +133,7 @@ static void install_base(struct cvi_thread *thread, cv_context_t *base)
     thread->depth = 1;
     thread->run_floor = 0;
     cvi_context_view(base);
+    cvi_var_cache_thread_start();
 }
 
 struct cvi_thread *cvi_thread_start(void)

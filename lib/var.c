@@ -16,9 +16,9 @@
  *
  * No bounds check: every thread's array covers every slot (CACHE_SLOTS).
  * Until its first store a thread reads zeros in .bss that no thread writes
- * (version 0 names no map); then it maps its own array, which the kernel
- * backs page by page as entries are stored, so a thread that reads a few
- * variables keeps one page. Past CACHE_SLOTS - 1 live variables the rest
+ * (version 0 names no map); once it has a context it maps its own array,
+ * which the kernel backs page by page as entries are stored, so a thread
+ * that reads a few variables keeps one page. Past CACHE_SLOTS - 1 live variables the rest
  * share the last slot, whose entry is never stored: their gets always
  * look the map up.
  *
@@ -281,22 +281,23 @@ long cv_testing_caches_mapped(void)
     return atomic_load_explicit(&caches_mapped_for_testing, memory_order_relaxed);
 }
 
-/* Gives the thread its own cache, straight from the kernel: it must read
- * as zeros without being written, which the allocator hook cannot promise
- * without touching every page. False if the kernel refuses, which only
- * costs the thread's gets full lookups until a later store maps it. */
-static __attribute__((noinline, cold)) bool cache_map(struct cv_private_lookup *lookup)
+/* The cache comes straight from the kernel: it must read as zeros without
+ * being written, which the allocator hook cannot promise without touching
+ * every page. Mapped when the thread first needs a context, so that no get
+ * ever makes a system call. If the kernel refuses, the thread's gets look
+ * the map up every time. */
+void cvi_var_cache_thread_start(void)
 {
-    if (cache_map_refused_for_testing)
-        return false;
+    struct cv_private_lookup *lookup = &cv_private_lookup_state;
+    if (lookup->cache != unwritten_cache || cache_map_refused_for_testing)
+        return;
     void *cache = mmap(NULL, CACHE_BYTES, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (cache == MAP_FAILED)
-        return false;
+        return;
     /* Relaxed: a statistic; the tests read it after joining threads. */
     atomic_fetch_add_explicit(&caches_mapped_for_testing, 1, memory_order_relaxed);
     lookup->cache = cache;
-    return true;
 }
 
 void cvi_var_cache_thread_exit(void)
@@ -317,9 +318,9 @@ static inline void cache_store(const cv_var_t *var, void *value, uint64_t versio
 {
     struct cv_private_lookup *lookup = &cv_private_lookup_state;
     uint32_t offset = var->head.cache_offset;
-    if (__builtin_expect(offset == OVERFLOW_SLOT * sizeof(struct cv_private_cache_entry), 0))
-        return;
-    if (__builtin_expect(lookup->cache == unwritten_cache, 0) && !cache_map(lookup))
+    if (__builtin_expect(offset == OVERFLOW_SLOT * sizeof(struct cv_private_cache_entry) ||
+                             lookup->cache == unwritten_cache,
+                         0))
         return;
     *(struct cv_private_cache_entry *)(void *)((char *)lookup->cache + offset) =
         (struct cv_private_cache_entry){version, value};

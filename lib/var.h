@@ -47,7 +47,9 @@ extern const cvi_hamt_ops cvi_var_entry_ops;
 void cvi_var_ref(cv_var_t *var);
 void cvi_var_unref(cv_var_t *var);
 
-/* Unmaps the calling thread's lookup cache, at its exit. */
+/* Maps the calling thread's lookup cache, when it first needs a context,
+ * and unmaps it at its exit. */
+void cvi_var_cache_thread_start(void);
 void cvi_var_cache_thread_exit(void);
 
 /* fork() handlers for the slot allocator's lock. */

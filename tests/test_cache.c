@@ -787,46 +787,60 @@ static void test_thread_starts_with_its_own_cache(void **state)
 }
 
 /* A thread whose cache the kernel will not map reads every value from the
- * map, and maps the cache at a later store once the kernel agrees. */
+ * map; the next thread, once the kernel agrees, has a cache again. */
 struct refused {
     cv_var_t *x;
     const char *failure;
+    bool mapped; /* whether the thread's cache moved off the shared zeros */
 };
 
 static void *refused_main(void *arg)
 {
     struct refused *r = arg;
     struct cv_private_cache_entry *unmapped = cv_private_lookup_state.cache;
+    cv_context_t *inner = NULL;
     for (int i = 1; i <= 3 && !r->failure; i++) {
-        if (cv_set(r->x, VAL(i), NULL) != CV_OK)
-            r->failure = "set while refused";
+        cv_token_t token;
+        if (cv_set(r->x, VAL(i), &token) != CV_OK)
+            r->failure = "set";
         else if (get_mismatch(r->x, HAS_VALUE, VAL(i)))
-            r->failure = "get while refused";
+            r->failure = "get after a set";
+        else if (!(inner = cv_context_new()) || cv_context_enter(inner) != CV_OK)
+            r->failure = "enter";
+        else if (get_mismatch(r->x, NO_VALUE, NULL))
+            r->failure = "get in an empty context";
+        else if (cv_context_exit(inner) != CV_OK)
+            r->failure = "exit";
+        else if (get_mismatch(r->x, HAS_VALUE, VAL(i)))
+            r->failure = "get after the exit";
+        else if (cv_reset(r->x, &token) != CV_OK || get_mismatch(r->x, NO_VALUE, NULL))
+            r->failure = "get after the reset";
+        cv_context_release(inner);
+        inner = NULL;
     }
-    if (!r->failure && cv_private_lookup_state.cache != unmapped)
-        r->failure = "mapped while refused";
-    cv_testing_refuse_cache_map(false);
-    if (!r->failure && cv_set(r->x, VAL(9), NULL) != CV_OK)
-        r->failure = "set once allowed";
-    if (!r->failure && cv_private_lookup_state.cache == unmapped)
-        r->failure = "not mapped once allowed";
-    if (!r->failure && get_mismatch(r->x, HAS_VALUE, VAL(9)))
-        r->failure = "get once mapped";
+    r->mapped = cv_private_lookup_state.cache != unmapped;
+    /* The zeros are every new thread's: nothing may be stored there. */
+    const struct cv_private_cache_entry *zeros = unmapped;
+    if (!r->failure && (zeros[slot_of(r->x)].version || zeros[slot_of(r->x)].value))
+        r->failure = "stored to the shared zeros";
     return NULL;
 }
 
 static void test_cache_map_refused(void **state)
 {
     (void)state;
-    struct refused r = {new_var("x"), NULL};
-    cv_testing_refuse_cache_map(true);
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, refused_main, &r), 0);
-    assert_int_equal(pthread_join(t, NULL), 0);
-    cv_testing_refuse_cache_map(false);
-    if (r.failure)
-        fail_msg("%s", r.failure);
-    cv_var_release(r.x);
+    for (int refuse = 1; refuse >= 0; refuse--) {
+        struct refused r = {new_var("x"), NULL, false};
+        cv_testing_refuse_cache_map(refuse);
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, refused_main, &r), 0);
+        assert_int_equal(pthread_join(t, NULL), 0);
+        cv_testing_refuse_cache_map(false);
+        if (r.failure)
+            fail_msg("%s: %s", refuse ? "refused" : "mapped", r.failure);
+        assert_true(r.mapped == !refuse);
+        cv_var_release(r.x);
+    }
 }
 
 /* ------------------------------------------------- random, with a model */
