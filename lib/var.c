@@ -28,7 +28,7 @@
  * current map, which therefore still holds the variable, which therefore
  * is alive and still owns its slot.
  */
-#define _DEFAULT_SOURCE /* MAP_ANONYMOUS and MAP_NORESERVE in -std=c11 */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS, MAP_NORESERVE and madvise in -std=c11 */
 #include "var.h"
 
 #include "alloc.h"
@@ -51,8 +51,8 @@ enum token_flags {
 
 /* ------------------------------------------------------------------ slots */
 
-/* 1 MiB of address space per thread, less than a huge page, so that
- * transparent huge pages never back it whole. */
+/* 1 MiB of address space per thread, and of .bss for the shared zeros:
+ * less than a huge page, so that the zeros never fill one. */
 #define CACHE_SLOTS 65536u
 #define OVERFLOW_SLOT (CACHE_SLOTS - 1)
 #define CACHE_BYTES (CACHE_SLOTS * sizeof(struct cv_private_cache_entry))
@@ -295,6 +295,10 @@ void cvi_var_cache_thread_start(void)
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (cache == MAP_FAILED)
         return;
+    /* Neighbouring threads' caches may merge into one mapping that spans
+     * huge pages: where transparent huge pages are always on, the first
+     * store would then fill 2 MiB. Failure only loses that. */
+    madvise(cache, CACHE_BYTES, MADV_NOHUGEPAGE);
     /* Relaxed: a statistic; the tests read it after joining threads. */
     atomic_fetch_add_explicit(&caches_mapped_for_testing, 1, memory_order_relaxed);
     lookup->cache = cache;

@@ -843,6 +843,43 @@ static void test_cache_map_refused(void **state)
     }
 }
 
+/* The mapping's flags in /proc/self/smaps ("VmFlags: rd wr ..."), for the
+ * mapping that holds `address`; false if not found. */
+static bool mapping_flags(const void *address, char *flags, size_t size)
+{
+    FILE *smaps = fopen("/proc/self/smaps", "r");
+    if (!smaps)
+        return false;
+    char line[512];
+    bool inside = false, found = false;
+    while (!found && fgets(line, sizeof(line), smaps)) {
+        unsigned long start, end;
+        if (sscanf(line, "%lx-%lx ", &start, &end) == 2)
+            inside = (uintptr_t)address >= start && (uintptr_t)address < end;
+        else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+            snprintf(flags, size, "%s", line + 8);
+            found = true;
+        }
+    }
+    fclose(smaps);
+    return found;
+}
+
+/* A thread's own cache is never backed by transparent huge pages, even
+ * where they are always on: neighbouring caches may merge into one mapping
+ * large enough to hold one, and a store would then fill 2 MiB. */
+static void test_cache_never_huge(void **state)
+{
+    (void)state;
+    cv_var_t *x = new_var("x");
+    assert_int_equal(cv_set(x, VAL(1), NULL), CV_OK); /* the thread has started */
+    char flags[256];
+    assert_true(mapping_flags(cv_private_lookup_state.cache, flags, sizeof(flags)));
+    if (!strstr(flags, " nh"))
+        fail_msg("the cache's mapping lacks VM_NOHUGEPAGE (nh):%s", flags);
+    cv_var_release(x);
+}
+
 /* ------------------------------------------------- random, with a model */
 
 #define RV 96     /* more than the cache's first 64 slots */
@@ -1143,6 +1180,7 @@ int main(void)
         T(test_switching_threads),
         T(test_thread_starts_with_its_own_cache),
         T(test_cache_map_refused),
+        T(test_cache_never_huge),
         T(test_random_against_model),
     };
 #undef T
