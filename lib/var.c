@@ -15,12 +15,12 @@
  * other thread touches.
  *
  * No bounds check: every thread's array covers every slot (CACHE_SLOTS).
- * Until its first store a thread reads zeros in .bss that no thread writes
- * (version 0 names no map); once it has a context it maps its own array,
- * which the kernel backs page by page as entries are stored, so a thread
- * that reads a few variables keeps one page. Past CACHE_SLOTS - 1 live variables the rest
- * share the last slot, whose entry is never stored: their gets always
- * look the map up.
+ * A thread without a context reads zeros in .bss that no thread writes
+ * (version 0 names no map); once it has a context it maps an array of its
+ * own, which the kernel backs page by page as entries are stored, so a
+ * thread that reads a few variables keeps one page. Past CACHE_SLOTS - 1
+ * live variables the rest share the last slot, whose entry is never
+ * stored: their gets always look the map up.
  *
  * Only values found in the map are cached, never defaults, and nothing is
  * stored under the empty map's label. That keeps slot reuse safe without
@@ -257,7 +257,8 @@ _Static_assert(offsetof(cv_var_t, head) == 0 &&
                    sizeof(struct cvi_var_head) == sizeof(struct cv_private_var_head),
                "the header's inline get reads the cache offset here");
 
-/* Every thread's cache until its first store, and again after its exit. */
+/* Every thread's cache until it first needs a context, and again after its
+ * exit (or for good, if the kernel refuses it a cache). Never written. */
 static struct cv_private_cache_entry unwritten_cache[CACHE_SLOTS];
 
 /* Initial-exec, as cvi_thread_state. The empty map's label matches no

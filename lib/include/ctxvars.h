@@ -421,9 +421,9 @@ struct cv_private_cache_entry {
     void *value;
 };
 
-/* Every variable's entry lies inside every thread's cache: a thread that
- * has stored nothing yet reads a region of zeros that nobody writes, and
- * version 0 names no map. So the get needs no bounds check. */
+/* Every variable's entry lies inside every thread's cache: a thread
+ * without a cache of its own reads a region of zeros that nobody writes,
+ * and version 0 names no map. So the get needs no bounds check. */
 struct cv_private_lookup {
     uint64_t version;                     /* names the map cv_get reads from */
     struct cv_private_cache_entry *cache; /* each variable's entry at its cache_offset */
