@@ -149,7 +149,9 @@ CV_EXPORT const char *cv_var_name(const cv_var_t *var);
  * few loads from thread-private memory. The thread's cache stays warm
  * across switches between contexts that hold the same map (copies, tasks
  * captured from one unchanged context); any write, and a switch to another
- * map, costs the next get of each variable one trie lookup. */
+ * map, costs the next get of each variable one trie lookup. The first
+ * 65,535 live variables are cached; gets of any beyond always take the
+ * lookup. */
 CV_EXPORT cv_status_t cv_get(cv_var_t *var, void **out);
 
 /** The value of `var` in the current context, else `fallback` (the
