@@ -570,10 +570,20 @@ static bool exclusive(const cvi_hamt_node *node)
     return cvi_hamt_sole_owner(node) && !cvi_hamt_is_shared(node);
 }
 
-/* `node`, exclusive, grown by one entry (owned) at `index`: its entries
- * move, the old memory is freed. NULL when memory is short. */
+/* `node`, exclusive, grown by one entry (owned) at `index`: in place if
+ * it has room, else its entries move to a new node and the old memory is
+ * freed. NULL when memory is short. */
 static cvi_hamt_node *grow_in_place(cvi_hamt_node *node, uint32_t index, struct entry owned)
 {
+    if (node->len < node->capacity) {
+        /* Room that a removal in place left: a variable set and reset in
+         * turn, as a request handler does, allocates once. */
+        memmove(node->entries + index + 1, node->entries + index,
+                (node->len - index) * sizeof(struct entry));
+        node->entries[index] = owned;
+        node->len++;
+        return node;
+    }
     cvi_hamt_node *grown = node_new(node->head.kind, node->len + 1, node->bitmap_or_hash);
     if (!grown)
         return NULL;
