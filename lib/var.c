@@ -56,6 +56,7 @@ enum token_flags {
 #define CACHE_SLOTS 65536u
 #define OVERFLOW_SLOT (CACHE_SLOTS - 1)
 #define CACHE_BYTES (CACHE_SLOTS * sizeof(struct cv_private_cache_entry))
+#define OVERFLOW_OFFSET (OVERFLOW_SLOT * (uint32_t)sizeof(struct cv_private_cache_entry))
 
 /* Slots are reused so that the live variables fit in CACHE_SLOTS.
  * free_slots always has room for every slot ever handed out, so giving one
@@ -262,7 +263,8 @@ _Static_assert(offsetof(cv_var_t, head) == 0 &&
 static struct cv_private_cache_entry unwritten_cache[CACHE_SLOTS];
 
 /* Initial-exec, as cvi_thread_state. The empty map's label matches no
- * entry, not even the zeros of unwritten_cache. */
+ * entry, not even the zeros of unwritten_cache; a store limit of 0 keeps
+ * every store out of them. */
 __thread struct cv_private_lookup cv_private_lookup_state
     __attribute__((tls_model("initial-exec"))) = {
         .version = CVI_EMPTY_MAP_LABEL,
@@ -303,6 +305,7 @@ void cvi_var_cache_thread_start(void)
     /* Relaxed: a statistic; the tests read it after joining threads. */
     atomic_fetch_add_explicit(&caches_mapped_for_testing, 1, memory_order_relaxed);
     lookup->cache = cache;
+    lookup->store_limit = OVERFLOW_OFFSET;
 }
 
 void cvi_var_cache_thread_exit(void)
@@ -313,6 +316,7 @@ void cvi_var_cache_thread_exit(void)
         atomic_fetch_sub_explicit(&caches_mapped_for_testing, 1, memory_order_relaxed);
     }
     lookup->cache = unwritten_cache;
+    lookup->store_limit = 0;
     cvi_thread_view(CVI_EMPTY_MAP_LABEL);
 }
 
@@ -323,9 +327,8 @@ static inline void cache_store(const cv_var_t *var, void *value, uint64_t versio
 {
     struct cv_private_lookup *lookup = &cv_private_lookup_state;
     uint32_t offset = var->head.cache_offset;
-    if (__builtin_expect(offset == OVERFLOW_SLOT * sizeof(struct cv_private_cache_entry) ||
-                             lookup->cache == unwritten_cache,
-                         0))
+    /* Nothing is stored to the shared zeros, nor to the overflow slot. */
+    if (__builtin_expect(offset >= lookup->store_limit, 0))
         return;
     *(struct cv_private_cache_entry *)(void *)((char *)lookup->cache + offset) =
         (struct cv_private_cache_entry){version, value};

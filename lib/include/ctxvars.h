@@ -429,6 +429,7 @@ struct cv_private_cache_entry {
 struct cv_private_lookup {
     uint64_t version;                     /* names the map cv_get reads from */
     struct cv_private_cache_entry *cache; /* each variable's entry at its cache_offset */
+    uint32_t store_limit;                 /* the library's: offsets it may store to are below */
 };
 
 struct cv_private_var_head {
