@@ -28,6 +28,9 @@ struct cv_context {
     uint32_t arrivals_seen;
     uint32_t quiet_updates;
     atomic_size_t refs;
+    /* Owner-only: the identity its tokens carry, process-unique; 0 until
+     * the first token needs one (cvi_context_id), so that copies and task
+     * runs, which rarely make tokens, do not take one. */
     uint64_t id;
 };
 
@@ -36,8 +39,8 @@ struct cv_context {
 cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root);
 
 /* Makes `ctx` a fresh context over `root` (one reference, taken over),
- * with a new identity. Only for memory no other thread can reach. Inline:
- * every copy, capture and task run makes one. */
+ * whose first token will give it a new identity. Only for memory no other
+ * thread can reach. Inline: every copy, capture and task run makes one. */
 static inline void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root)
 {
     atomic_init(&ctx->root, root);
@@ -47,7 +50,16 @@ static inline void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root)
     ctx->arrivals_seen = 0;
     ctx->quiet_updates = 0;
     atomic_init(&ctx->refs, 1);
-    ctx->id = cvi_thread_next_id();
+    ctx->id = 0;
+}
+
+/* The identity of a context the caller owns, given on first need. No token
+ * carries 0, so a context that has none yet matches no token. */
+static inline uint64_t cvi_context_id(cv_context_t *ctx)
+{
+    if (__builtin_expect(!ctx->id, 0))
+        ctx->id = cvi_thread_next_id();
+    return ctx->id;
 }
 
 /* cv_context_run for a context that no other thread can reach before fn

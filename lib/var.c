@@ -498,7 +498,7 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
             .cv_private_var = var,
             .cv_private_old_value = had_old ? old_value : NULL,
             .cv_private_var_serial = var->serial,
-            .cv_private_context_id = ctx->id,
+            .cv_private_context_id = cvi_context_id(ctx),
             .cv_private_flags =
                 TOKEN_LIVE | (had_old ? TOKEN_HAS_OLD : 0) | (holds ? TOKEN_HOLDS : 0),
         };
