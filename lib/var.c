@@ -113,6 +113,53 @@ void cvi_var_after_fork(void)
     pthread_mutex_unlock(&slot_lock);
 }
 
+/* ------------------------------------------------------------ map entries */
+
+static uint32_t entry_hash(const void *key)
+{
+    return ((const cv_var_t *)key)->head.hash;
+}
+
+static void entry_retain(void *key, void *value)
+{
+    cv_var_t *var = key;
+    cvi_var_ref(var);
+    if (var->retain)
+        var->retain(value);
+}
+
+static void entry_release(void *key, void *value)
+{
+    cv_var_t *var = key;
+    if (var->release)
+        var->release(value);
+    cvi_var_unref(var);
+}
+
+static void value_retain(void *key, void *value)
+{
+    cv_var_t *var = key;
+    if (var->retain)
+        var->retain(value);
+}
+
+static void value_release(void *key, void *value)
+{
+    cv_var_t *var = key;
+    if (var->release)
+        var->release(value);
+}
+
+const cvi_hamt_ops cvi_var_entry_ops = {
+    entry_hash, entry_retain, entry_release, value_retain, value_release, cvi_node_release,
+};
+
+/* For updates of a variable without hooks: its value changes hands with
+ * no call (the map calls the value hooks for the updated key alone). */
+static const cvi_hamt_ops entry_ops_without_value_hooks = {
+    entry_hash, entry_retain, entry_release, NULL, NULL, cvi_node_release,
+};
+
 /* -------------------------------------------------------------- variables */
 
 /* Mixes the never-reused serial with the address, so that variables made
@@ -162,6 +209,8 @@ cv_var_t *cv_var_new(const char *name, const cv_var_opts_t *opts)
         var->on_change = opts->on_change;
         var->on_change_data = opts->on_change_data;
     }
+    var->update_ops =
+        var->retain || var->release ? &cvi_var_entry_ops : &entry_ops_without_value_hooks;
     var->head.hash = variable_hash(var);
     atomic_init(&var->refs, 1);
     if (var->on_change)
@@ -204,51 +253,6 @@ void cv_testing_set_var_hash(cv_var_t *var, uint32_t hash)
 {
     var->head.hash = hash;
 }
-
-static uint32_t entry_hash(const void *key)
-{
-    return ((const cv_var_t *)key)->head.hash;
-}
-
-static void entry_retain(void *key, void *value)
-{
-    cv_var_t *var = key;
-    cvi_var_ref(var);
-    if (var->retain)
-        var->retain(value);
-}
-
-static void entry_release(void *key, void *value)
-{
-    cv_var_t *var = key;
-    if (var->release)
-        var->release(value);
-    cvi_var_unref(var);
-}
-
-static void value_retain(void *key, void *value)
-{
-    cv_var_t *var = key;
-    if (var->retain)
-        var->retain(value);
-}
-
-static void value_release(void *key, void *value)
-{
-    cv_var_t *var = key;
-    if (var->release)
-        var->release(value);
-}
-
-const cvi_hamt_ops cvi_var_entry_ops = {
-    entry_hash, entry_retain, entry_release, value_retain, value_release, cvi_node_release,
-};
-
-/* For updates of a variable without hooks: its value changes hands with
- * no call (the map calls the value hooks for the updated key alone). */
-static const cvi_hamt_ops entry_ops_without_value_hooks = {
-    entry_hash, entry_retain, entry_release, NULL, NULL, cvi_node_release,
-};
 
 /* ------------------------------------------------------------------ cache */
 
@@ -372,12 +376,7 @@ static void token_clear(cv_token_t *token)
 
 static bool has_hooks(const cv_var_t *var)
 {
-    return var->retain || var->release;
-}
-
-static const cvi_hamt_ops *update_ops(const cv_var_t *var)
-{
-    return has_hooks(var) ? &cvi_var_entry_ops : &entry_ops_without_value_hooks;
+    return var->update_ops == &cvi_var_entry_ops;
 }
 
 /* A variable with hooks may see its old value released as soon as the map
@@ -417,7 +416,7 @@ __attribute__((always_inline)) static inline bool update(cv_context_t *ctx, cv_v
                                                          bool *had_old, uint64_t *view)
 {
     cvi_hamt_node *root = cvi_context_owned_root(ctx);
-    const cvi_hamt_ops *ops = update_ops(var);
+    const cvi_hamt_ops *ops = var->update_ops;
     uint64_t label;
     if (cvi_context_begin_write(ctx)) {
         bool ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, ops)

@@ -21,6 +21,9 @@ struct cv_var {
         uint32_t cache_offset; /* of its entry in each thread's cache; reused after free */
     } head;
     uint64_t serial; /* never reused: tells a variable from one at a reused address */
+    /* How the map treats its entries in updates: without value hooks when
+     * the variable has none (var.c). */
+    const cvi_hamt_ops *update_ops;
     void *default_value;
     bool has_default;
     void (*retain)(void *value);
