@@ -704,27 +704,32 @@ static cvi_hamt_node *assoc_in_place(cvi_hamt_node *node, unsigned shift, void *
 }
 
 /* The common case, kept small and free of recursion: the key has a value
- * and every node down to it is exclusive, so only the value changes. */
-static bool replace_in_place(cvi_hamt_node *node, void *key, uint32_t hash, void *value,
-                             const cvi_hamt_ops *ops, void **old_value)
+ * and every node down to it is exclusive, so only the value changes. The
+ * entry holding it, or NULL. Calls nothing, so that the caller's fast
+ * path saves no registers. */
+static struct entry *replaceable_entry(cvi_hamt_node *node, const void *key, uint32_t hash)
 {
     for (unsigned shift = 0; node && node->head.kind == BITMAP_NODE && exclusive(node);
          shift += BITS_PER_LEVEL) {
         uint32_t bit = 1u << slot_of(hash, shift);
         if (!(node->bitmap_or_hash & bit))
-            return false;
+            return NULL;
         struct entry *slot = &node->entries[index_of(node->bitmap_or_hash, bit)];
         if (!slot->key) {
             node = slot->value;
             continue;
         }
-        if (slot->key != key)
-            return false;
-        *old_value = slot->value;
-        change_value(slot, value, ops);
-        return true;
+        return slot->key == key ? slot : NULL;
     }
-    return false;
+    return NULL;
+}
+
+/* Out of line and called last, for the same reason. */
+static __attribute__((noinline)) bool change_value_with_hooks(struct entry *slot, void *value,
+                                                              const cvi_hamt_ops *ops)
+{
+    change_value(slot, value, ops);
+    return true;
 }
 
 static __attribute__((noinline)) bool assoc_in_place_general(cvi_hamt_node **root, void *key,
@@ -751,11 +756,17 @@ static __attribute__((noinline)) bool assoc_in_place_general(cvi_hamt_node **roo
 bool cvi_hamt_assoc_in_place(cvi_hamt_node **root, void *key, uint32_t hash, void *value,
                              const cvi_hamt_ops *ops, void **old_value, bool *had_old)
 {
-    if (replace_in_place(*root, key, hash, value, ops, old_value)) {
-        *had_old = true;
+    struct entry *slot = replaceable_entry(*root, key, hash);
+    if (!slot)
+        return assoc_in_place_general(root, key, hash, value, ops, old_value, had_old);
+    *old_value = slot->value;
+    *had_old = true;
+    if (slot->value == value)
         return true;
-    }
-    return assoc_in_place_general(root, key, hash, value, ops, old_value, had_old);
+    if (ops->retain_value)
+        return change_value_with_hooks(slot, value, ops);
+    slot->value = value;
+    return true;
 }
 
 /* As without_node, consuming the reference to `node` on WITHOUT_NEW (then
