@@ -67,11 +67,11 @@ done
 if command -v valgrind >/dev/null; then
   echo
   echo "instructions per operation (callgrind; independent of the machine's load)"
-  printf "%-14s %10s %10s %9s\n" operation "${revs[0]}" "${revs[1]}" new/old
+  printf "%-16s %10s %10s %9s\n" operation "${revs[0]}" "${revs[1]}" new/old
   n=100000
   ir() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 |
          sed -n 's/.*Collected : \([0-9]*\).*/\1/p'; }
-  for mode in run enter_exit set_reset copy_release get task; do
+  for mode in run enter_exit set_reset set_reset_unset copy_release get task; do
     per=()
     for side in 0 1; do
       # A mode this side's library lacks (ab_ops exits 3) counts as "-".
@@ -85,7 +85,7 @@ if command -v valgrind >/dev/null; then
     ratio=-
     [ "${per[0]}" = - ] || [ "${per[1]}" = - ] ||
       ratio="$(python3 -c "print('%.3f' % (${per[1]} / ${per[0]}))")x"
-    printf "%-14s %10s %10s %9s\n" $mode "${per[0]}" "${per[1]}" "$ratio"
+    printf "%-16s %10s %10s %9s\n" $mode "${per[0]}" "${per[1]}" "$ratio"
   done
 else
   echo "valgrind not found: no instruction counts (Debian: valgrind)"

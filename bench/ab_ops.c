@@ -10,7 +10,8 @@
  * build it against any commit's static library and header; the task mode
  * needs 0.2 and exits with 3 on older headers.
  *
- *   ab_ops MODE N    MODE: run, enter_exit, set_reset, copy_release, get, task
+ *   ab_ops MODE N    MODE: run, enter_exit, set_reset, set_reset_unset,
+ *                          copy_release, get, task
  */
 #include <ctxvars.h>
 
@@ -32,7 +33,8 @@ static void fail(const char *what)
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: ab_ops run|enter_exit|set_reset|copy_release|get|task N\n");
+        fprintf(stderr,
+                "usage: ab_ops run|enter_exit|set_reset|set_reset_unset|copy_release|get|task N\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -56,6 +58,16 @@ int main(int argc, char **argv)
         for (long i = 0; i < n; i++) {
             cv_token_t token;
             if (cv_set(var, (void *)42, &token) != CV_OK || cv_reset(var, &token) != CV_OK)
+                fail("set/reset");
+        }
+    } else if (strcmp(mode, "set_reset_unset") == 0) {
+        /* Python's usual pattern: the reset removes the variable again. */
+        cv_var_t *absent = cv_var_new("absent", NULL);
+        if (!absent || cv_context_enter(ctx) != CV_OK)
+            fail("setup");
+        for (long i = 0; i < n; i++) {
+            cv_token_t token;
+            if (cv_set(absent, (void *)42, &token) != CV_OK || cv_reset(absent, &token) != CV_OK)
                 fail("set/reset");
         }
     } else if (strcmp(mode, "copy_release") == 0) {
