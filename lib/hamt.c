@@ -724,6 +724,40 @@ static struct entry *replaceable_entry(cvi_hamt_node *node, const void *key, uin
     return NULL;
 }
 
+/* The common insert: every node down to the one that lacks the key's slot
+ * is exclusive, and that one has room left by a removal in place (a
+ * variable set and reset in turn). The key goes in there, with no
+ * allocation and no recursion. False, with nothing changed, if anything
+ * else is needed. */
+static bool insert_into_room(cvi_hamt_node *node, void *key, uint32_t hash, void *value,
+                             const cvi_hamt_ops *ops)
+{
+    cvi_hamt_node *path[MAX_DEPTH];
+    unsigned depth = 0;
+    for (unsigned shift = 0; node && node->head.kind == BITMAP_NODE && exclusive(node);
+         shift += BITS_PER_LEVEL) {
+        uint32_t bit = 1u << slot_of(hash, shift);
+        uint32_t index = index_of(node->bitmap_or_hash, bit);
+        path[depth++] = node;
+        if (!(node->bitmap_or_hash & bit)) {
+            if (node->len == node->capacity)
+                return false;
+            struct entry *at = &node->entries[index];
+            memmove(at + 1, at, (node->len - index) * sizeof(*at));
+            *at = pair_entry(key, value, ops);
+            node->len++;
+            node->bitmap_or_hash |= bit;
+            for (unsigned i = 0; i < depth; i++)
+                path[i]->count++;
+            return true;
+        }
+        if (node->entries[index].key)
+            return false; /* another key's pair: merging allocates */
+        node = node->entries[index].value;
+    }
+    return false;
+}
+
 /* Out of line and called last, for the same reason. */
 static __attribute__((noinline)) bool change_value_with_hooks(struct entry *slot, void *value,
                                                               const cvi_hamt_ops *ops)
@@ -737,6 +771,11 @@ static __attribute__((noinline)) bool assoc_in_place_general(cvi_hamt_node **roo
                                                              const cvi_hamt_ops *ops,
                                                              void **old_value, bool *had_old)
 {
+    if (insert_into_room(*root, key, hash, value, ops)) {
+        *old_value = NULL;
+        *had_old = false;
+        return true;
+    }
     if (!*root) {
         void *unused_old;
         bool unused_had;
