@@ -570,18 +570,24 @@ static bool exclusive(const cvi_hamt_node *node)
     return cvi_hamt_sole_owner(node) && !cvi_hamt_is_shared(node);
 }
 
+/* Puts `owned` at `index` of `node`, exclusive, into the room that a
+ * removal in place left (len < capacity): a variable set and reset in
+ * turn, as a request handler does, allocates once. */
+static void put_into_room(cvi_hamt_node *node, uint32_t index, struct entry owned)
+{
+    memmove(node->entries + index + 1, node->entries + index,
+            (node->len - index) * sizeof(struct entry));
+    node->entries[index] = owned;
+    node->len++;
+}
+
 /* `node`, exclusive, grown by one entry (owned) at `index`: in place if
  * it has room, else its entries move to a new node and the old memory is
  * freed. NULL when memory is short. */
 static cvi_hamt_node *grow_in_place(cvi_hamt_node *node, uint32_t index, struct entry owned)
 {
     if (node->len < node->capacity) {
-        /* Room that a removal in place left: a variable set and reset in
-         * turn, as a request handler does, allocates once. */
-        memmove(node->entries + index + 1, node->entries + index,
-                (node->len - index) * sizeof(struct entry));
-        node->entries[index] = owned;
-        node->len++;
+        put_into_room(node, index, owned);
         return node;
     }
     cvi_hamt_node *grown = node_new(node->head.kind, node->len + 1, node->bitmap_or_hash);
@@ -742,10 +748,7 @@ static bool insert_into_room(cvi_hamt_node *node, void *key, uint32_t hash, void
         if (!(node->bitmap_or_hash & bit)) {
             if (node->len == node->capacity)
                 return false;
-            struct entry *at = &node->entries[index];
-            memmove(at + 1, at, (node->len - index) * sizeof(*at));
-            *at = pair_entry(key, value, ops);
-            node->len++;
+            put_into_room(node, index, pair_entry(key, value, ops));
             node->bitmap_or_hash |= bit;
             for (unsigned i = 0; i < depth; i++)
                 path[i]->count++;

@@ -120,22 +120,7 @@ static uint32_t entry_hash(const void *key)
     return ((const cv_var_t *)key)->head.hash;
 }
 
-static void entry_retain(void *key, void *value)
-{
-    cv_var_t *var = key;
-    cvi_var_ref(var);
-    if (var->retain)
-        var->retain(value);
-}
-
-static void entry_release(void *key, void *value)
-{
-    cv_var_t *var = key;
-    if (var->release)
-        var->release(value);
-    cvi_var_unref(var);
-}
-
+/* The value's half: an update in place changes only the value. */
 static void value_retain(void *key, void *value)
 {
     cv_var_t *var = key;
@@ -148,6 +133,19 @@ static void value_release(void *key, void *value)
     cv_var_t *var = key;
     if (var->release)
         var->release(value);
+}
+
+/* A whole entry also holds its variable. */
+static void entry_retain(void *key, void *value)
+{
+    cvi_var_ref(key);
+    value_retain(key, value);
+}
+
+static void entry_release(void *key, void *value)
+{
+    value_release(key, value);
+    cvi_var_unref(key);
 }
 
 const cvi_hamt_ops cvi_var_entry_ops = {
