@@ -1,6 +1,9 @@
 # Map and thread suites: the HAMT against a model, real threads, the
 # inline lookup cache (built twice: inline and with CV_NO_INLINE), fork.
 cv_add_test(test_map test_map.c)
+# The map's functions (cvi_hamt_*) are internal, local in the static
+# library: this suite links the library's objects themselves.
+target_link_libraries(test_map PRIVATE ctxvars_objects)
 cv_add_test(test_threads test_threads.c)
 # The same suite over an allocator that counts live bytes and each thread's
 # allocations: exact leak and no-allocation checks without a sanitizer.

@@ -24,8 +24,8 @@
  * This header includes only standard and POSIX headers and compiles as C11
  * and as C++.
  */
-#ifndef CTXVARS_H
-#define CTXVARS_H
+#ifndef CV_CTXVARS_H
+#define CV_CTXVARS_H
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -496,4 +496,4 @@ static inline void *cv_private_get_or(cv_var_t *var, void *fallback)
 }
 #endif
 
-#endif /* CTXVARS_H */
+#endif /* CV_CTXVARS_H */

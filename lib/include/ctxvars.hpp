@@ -26,8 +26,8 @@
  * to the caller. Thread cancellation (pthread_cancel) inside such a
  * callable is not supported: its forced unwind cannot cross C frames.
  */
-#ifndef CTXVARS_HPP
-#define CTXVARS_HPP
+#ifndef CV_CTXVARS_HPP
+#define CV_CTXVARS_HPP
 
 #include <ctxvars.h>
 
@@ -962,4 +962,4 @@ inline bool flow_suppressed() noexcept
 
 } // namespace ctxvars
 
-#endif /* CTXVARS_HPP */
+#endif /* CV_CTXVARS_HPP */
