@@ -4,10 +4,12 @@
 
 # The soname (libctxvars.so.<CV_SOVERSION>, see lib/CMakeLists.txt) and the
 # dynamic symbol table of the shared library: only cv_ names, each declared
-# CV_EXPORT in a public header.
+# CV_EXPORT in a public header. The static library's global symbols: only
+# cv_ names too.
 add_test(NAME package_symbols
   COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/package/check_symbols.sh
-    $<TARGET_FILE:ctxvars> libctxvars.so.${CV_SOVERSION} ${PROJECT_SOURCE_DIR}/lib/include)
+    $<TARGET_FILE:ctxvars> libctxvars.so.${CV_SOVERSION} ${PROJECT_SOURCE_DIR}/lib/include
+    $<TARGET_FILE:ctxvars_static>)
 
 # `cmake --install` of this build tree into a prefix under the build
 # directory, then tests/package/consumer built against it through

@@ -2,10 +2,11 @@
 # The shared library's ABI surface: its soname and file name follow the
 # versioning rule of lib/CMakeLists.txt, and every dynamic symbol it
 # defines is public API: starts with cv_ and is declared CV_EXPORT in a
-# public header.
-#   check_symbols.sh <libctxvars.so.X.Y.Z> <expected soname> <include dir>
+# public header. The static library puts only cv_ names in the global
+# namespace of a program that links it.
+#   check_symbols.sh <libctxvars.so.X.Y.Z> <expected soname> <include dir> <libctxvars.a>
 set -euo pipefail
-lib=$1 soname=$2 include_dir=$3
+lib=$1 soname=$2 include_dir=$3 archive=$4
 status=0
 fail() { echo "FAIL: $*"; status=1; }
 
@@ -53,6 +54,13 @@ fi
 # The inline cv_get reads this thread-local variable directly.
 readelf --dyn-syms -W "$lib" | awk '$NF == "cv_private_lookup_state" && $4 == "TLS" && $7 != "UND" {found = 1} END {exit !found}' ||
   fail "cv_private_lookup_state is not an exported TLS symbol"
+
+mapfile -t globals < <(nm -g --defined-only "$archive" | awk 'NF >= 3 {print $NF}' | sort -u)
+echo "global symbols defined by $(basename "$archive"): ${#globals[@]}"
+[ ${#globals[@]} -gt 0 ] || fail "nm -g found no defined symbols in $archive"
+for s in "${globals[@]}"; do
+  [[ $s == cv_* ]] || fail "the static library defines the global symbol $s (hidden symbols must be local there)"
+done
 
 [ $status -eq 0 ] && echo "OK"
 exit $status
