@@ -63,6 +63,8 @@
 #include "alloc.h"
 #include "callbacks.h"
 #include "reclaim.h"
+#include "spread.h"
+#include "testing.h"
 #include "var.h"
 
 #include <sched.h>
@@ -86,13 +88,13 @@ cv_context_t *cvi_context_new_with_root(cvi_hamt_node *root)
 
 static void dispose_node(void *node)
 {
+    cvi_spread_free(node);
     cvi_hamt_destroy(node, &cvi_var_entry_ops);
 }
 
-void cvi_node_release(cvi_hamt_node *node)
+/* Drops a reference to `node` on its count. */
+static inline void release_on_count(cvi_hamt_node *node)
 {
-    if (!node)
-        return;
     /* A sole owner may skip the atomic decrement, since a new reference
      * needs an existing one, but not on a node marked shared: a foreign
      * reader may be taking one with cvi_hamt_try_retain from a root pointer
@@ -106,6 +108,25 @@ void cvi_node_release(cvi_hamt_node *node)
         cvi_retire(node, dispose_node);
     else
         dispose_node(node);
+}
+
+/* Out of line, so that cvi_node_release's common path needs no frame. */
+__attribute__((noinline)) static void release_spread_node(cvi_hamt_node *node)
+{
+    if (!cvi_spread_release_node(node))
+        release_on_count(node);
+}
+
+/* Not inlined: its callers' paths (copies, releases, sets) stay as short
+ * as a call. */
+__attribute__((noinline)) void cvi_node_release(cvi_hamt_node *node)
+{
+    if (!node)
+        return;
+    if (__builtin_expect(cvi_spread_attached(node), 0))
+        release_spread_node(node);
+    else
+        release_on_count(node);
 }
 
 void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)
@@ -142,6 +163,12 @@ __attribute__((noinline)) void cvi_context_wait_out_unowned_readers(cv_context_t
         atomic_fetch_and_explicit(&ctx->foreign, ~CVI_FOREIGN_READ_UNOWNED, memory_order_seq_cst);
     if (!(foreign & CVI_FOREIGN_READ_UNOWNED))
         return;
+    /* We are about to change the root that copiers may be counting on.
+     * Seq_cst: the claimer's half of the Dekker pair in spread_root. */
+    struct cvi_spread *spread =
+        atomic_exchange_explicit(&ctx->spread_for_copies, NULL, memory_order_seq_cst);
+    if (spread)
+        cvi_spread_end(spread);
     /* Relaxed: only this thread looks at the pending count until the
      * grace period ends. */
     if ((foreign & CVI_FOREIGN_PENDING_MASK) != CVI_FOREIGN_PENDING_MASK) {
@@ -294,24 +321,79 @@ static void read_foreign(cv_context_t *ctx, void (*walk)(cv_context_t *ctx, void
     foreign_leave(ctx);
 }
 
-/* Takes a reference to the root into *(cvi_hamt_node **)arg. A failed
- * retain means the owner has just replaced this root and dropped it: the
- * next load finds the new one. */
+struct kept {
+    cvi_hamt_node *root;
+    bool contended; /* another thread changed root's count meanwhile */
+};
+
+/* Takes a reference to the root into ((struct kept *)arg)->root, on the
+ * context's spread if it has one. A failed retain on the count means the
+ * owner has just replaced this root and dropped it: the next load finds
+ * the new one. */
 static void keep_root(cv_context_t *ctx, void *arg)
 {
-    cvi_hamt_node *root;
-    do
-        root = foreign_root(ctx);
-    while (root && !cvi_hamt_try_retain(root));
-    *(cvi_hamt_node **)arg = root;
+    struct kept *kept = arg;
+    /* Acquire: pairs with the release in spread_root, so the spread is seen
+     * whole. */
+    struct cvi_spread *spread = atomic_load_explicit(&ctx->spread_for_copies, memory_order_acquire);
+    for (;;) {
+        cvi_hamt_node *root = foreign_root(ctx);
+        kept->root = root;
+        if (!root)
+            return;
+        if ((spread && cvi_spread_retain(spread, root)) ||
+            cvi_hamt_try_retain(root, &kept->contended))
+            return;
+    }
+}
+
+static bool spread_every_copy_for_testing;
+
+void cv_testing_spread_every_copy(bool spread)
+{
+    spread_every_copy_for_testing = spread;
+}
+
+/* Spreads the count of `root`, which the caller has just copied from `ctx`
+ * and holds a reference to (spread.h), and hangs the spread on ctx for its
+ * copiers. */
+static void spread_root(cv_context_t *ctx, cvi_hamt_node *root)
+{
+    struct cvi_spread *spread = cvi_spread_begin(root, dispose_node);
+    if (!spread)
+        return;
+    /* Seq_cst, the four: the Dekker pair with a claim of ctx. A thread that
+     * claims it from now on finds the flag and ends the spread
+     * (cvi_context_wait_out_unowned_readers); one that claimed it earlier,
+     * and may already have replaced its root, is seen here. A spread of an
+     * earlier root still hanging here is its spreader's to take down. */
+    struct cvi_spread *none = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&ctx->spread_for_copies, &none, spread,
+                                                 memory_order_seq_cst, memory_order_relaxed)) {
+        cvi_spread_end(spread);
+        return;
+    }
+    atomic_fetch_or_explicit(&ctx->foreign, CVI_FOREIGN_READ_UNOWNED, memory_order_seq_cst);
+    if (!atomic_load_explicit(&ctx->owner, memory_order_seq_cst) &&
+        atomic_load_explicit(&ctx->root, memory_order_seq_cst) == root)
+        return;
+    /* Seq_cst, as the claimer's exchange; only if the claimer missed it. */
+    if (atomic_compare_exchange_strong_explicit(&ctx->spread_for_copies, &spread, NULL,
+                                                memory_order_seq_cst, memory_order_relaxed))
+        cvi_spread_end(spread);
 }
 
 /* Out of line, so that the owner's path saves no registers for it. */
 __attribute__((noinline)) static cvi_hamt_node *snapshot_foreign(cv_context_t *ctx)
 {
-    cvi_hamt_node *root;
-    read_foreign(ctx, keep_root, &root);
-    return root;
+    struct kept kept = {NULL, spread_every_copy_for_testing};
+    read_foreign(ctx, keep_root, &kept);
+    /* Relaxed: a hint; spread_root checks again. Only the copies of a
+     * context nobody has entered are spread: they are the ones that every
+     * request makes of one base. */
+    if (kept.contended && kept.root && !atomic_load_explicit(&ctx->owner, memory_order_relaxed))
+        spread_root(ctx, kept.root);
+    return kept.root;
 }
 
 /* A reference to the current root of `ctx` (NULL: empty), which another
@@ -357,6 +439,11 @@ void cv_context_release(cv_context_t *ctx)
         if (atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_acq_rel) != 1)
             return;
     }
+    /* Relaxed: the last reference is ours, after the acquire above. A base
+     * gives its root up: its copies count on the root's word again. */
+    struct cvi_spread *spread = atomic_load_explicit(&ctx->spread_for_copies, memory_order_relaxed);
+    if (__builtin_expect(spread != NULL, 0))
+        cvi_spread_end(spread);
     cvi_node_release(cvi_context_owned_root(ctx));
     cvi_free(ctx, sizeof(*ctx));
 }

@@ -32,6 +32,10 @@ struct cv_context {
      * the first token needs one (cvi_context_id), so that copies and task
      * runs, which rarely make tokens, do not take one. */
     uint64_t id;
+    /* The spread (spread.h) on which copies count their references to the
+     * root, while this context is their base: hung here by the copier that
+     * begins it, taken down by whoever ends it (context.c, spread_root). */
+    _Atomic(struct cvi_spread *) spread_for_copies;
 };
 
 /* A context owning one reference to `root` (NULL: empty); NULL if memory
@@ -51,6 +55,7 @@ static inline void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root)
     ctx->quiet_updates = 0;
     atomic_init(&ctx->refs, 1);
     ctx->id = 0;
+    atomic_init(&ctx->spread_for_copies, NULL);
 }
 
 /* The identity of a context the caller owns, given on first need. No token

@@ -96,6 +96,7 @@ static cvi_hamt_node *node_new(enum node_kind kind, uint32_t len, uint32_t bitma
     if (!node)
         return NULL;
     atomic_init(&node->head.label, 0);
+    atomic_init(&node->head.attachment, NULL);
     atomic_init(&node->head.refs, 1);
     node->head.kind = (uint8_t)kind;
     atomic_init(&node->head.shared, false);
@@ -160,19 +161,21 @@ static unsigned index_of(uint32_t bitmap, uint32_t bit)
     return popcount32(bitmap & (bit - 1));
 }
 
-bool cvi_hamt_try_retain(cvi_hamt_node *node)
+bool cvi_hamt_try_retain(cvi_hamt_node *node, bool *contended)
 {
     /* Acquire: seeing zero pairs with the release in cvi_hamt_release, so
      * the caller's next load of its root pointer sees the root that replaced
      * this one (C11 wants success at least as strong as failure; on x86
      * both are the same instruction). */
     unsigned refs = atomic_load_explicit(&node->head.refs, memory_order_acquire);
-    do {
+    for (;;) {
         if (refs == 0)
             return false;
-    } while (!atomic_compare_exchange_weak_explicit(&node->head.refs, &refs, refs + 1,
-                                                    memory_order_acquire, memory_order_acquire));
-    return true;
+        if (atomic_compare_exchange_weak_explicit(&node->head.refs, &refs, refs + 1,
+                                                  memory_order_acquire, memory_order_acquire))
+            return true;
+        *contended = true;
+    }
 }
 
 static void entry_retain(const struct entry *e, const cvi_hamt_ops *ops)

@@ -26,6 +26,10 @@ typedef struct cvi_hamt_node cvi_hamt_node;
 struct cvi_hamt_node_head {
     void *dead_link; /* the caller's once the node is dead (cvi_hamt_release) */
     _Atomic uint64_t label;
+    /* The caller's, like the label: an object it may hang on a node (a
+     * root's spread reference count, spread.h). NULL in a new node; the map
+     * never reads it, and cvi_hamt_destroy does not free it. */
+    _Atomic(void *) attachment;
     atomic_uint refs;
     uint8_t kind;       /* hamt.c's; here to fill the word refs starts */
     atomic_bool shared; /* see cvi_hamt_mark_shared */
@@ -92,8 +96,9 @@ static inline void cvi_hamt_retain(cvi_hamt_node *node)
 }
 
 /* Takes a reference unless the count already reached zero (the node is
- * being retired): for readers that found the node without owning it. */
-bool cvi_hamt_try_retain(cvi_hamt_node *node);
+ * being retired): for readers that found the node without owning it.
+ * *contended is set when another thread changed the count meanwhile. */
+bool cvi_hamt_try_retain(cvi_hamt_node *node, bool *contended);
 
 /* True when the caller's reference is the only one. The caller must know
  * that no new reference can appear meanwhile. */

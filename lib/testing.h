@@ -29,4 +29,11 @@ void cv_testing_refuse_cache_map(bool refuse);
  * exits must unmap its own. */
 long cv_testing_caches_mapped(void);
 
+/* With `spread` true, every copy of a context that nobody has entered
+ * spreads its root's count (spread.h), as copies that collide do. */
+void cv_testing_spread_every_copy(bool spread);
+
+/* How many roots have a spread, live or ended, not yet disposed of. */
+long cv_testing_spreads(void);
+
 #endif

@@ -14,3 +14,5 @@ cv_add_test(test_cache test_cache.c)
 cv_add_test(test_cache_noinline test_cache.c)
 target_compile_definitions(test_cache_noinline PRIVATE CV_NO_INLINE)
 cv_add_test(test_fork test_fork.c)
+# Spread reference counts: copies of one base context from many threads.
+cv_add_test(test_spread test_spread.c)
