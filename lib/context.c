@@ -136,6 +136,7 @@ void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)
     atomic_store_explicit(&ctx->root, new_root, memory_order_release);
     if (!old_root)
         return;
+    ctx->root_spread = NULL; /* cvi_node_release finds the old root's spread */
     cvi_fence_hot();
     /* Relaxed: ordered by the fence above (see the top comment). */
     if (cvi_foreign_readers_about(atomic_load_explicit(&ctx->foreign, memory_order_relaxed)))
@@ -323,7 +324,8 @@ static void read_foreign(cv_context_t *ctx, void (*walk)(cv_context_t *ctx, void
 
 struct kept {
     cvi_hamt_node *root;
-    bool contended; /* another thread changed root's count meanwhile */
+    struct cvi_spread *spread; /* the one root's reference is counted on */
+    bool contended;            /* another thread changed root's count meanwhile */
 };
 
 /* Takes a reference to the root into ((struct kept *)arg)->root, on the
@@ -341,8 +343,11 @@ static void keep_root(cv_context_t *ctx, void *arg)
         kept->root = root;
         if (!root)
             return;
-        if ((spread && cvi_spread_retain(spread, root)) ||
-            cvi_hamt_try_retain(root, &kept->contended))
+        if (spread && cvi_spread_retain(spread, root)) {
+            kept->spread = spread;
+            return;
+        }
+        if (cvi_hamt_try_retain(root, &kept->contended))
             return;
     }
 }
@@ -384,23 +389,34 @@ static void spread_root(cv_context_t *ctx, cvi_hamt_node *root)
 }
 
 /* Out of line, so that the owner's path saves no registers for it. */
-__attribute__((noinline)) static cvi_hamt_node *snapshot_foreign(cv_context_t *ctx)
+__attribute__((noinline)) static cvi_hamt_node *snapshot_foreign(cv_context_t *ctx,
+                                                                 struct cvi_spread **spread)
 {
-    struct kept kept = {NULL, spread_every_copy_for_testing};
+    struct kept kept = {NULL, NULL, spread_every_copy_for_testing};
     read_foreign(ctx, keep_root, &kept);
     /* Relaxed: a hint; spread_root checks again. Only the copies of a
      * context nobody has entered are spread: they are the ones that every
      * request makes of one base. */
     if (kept.contended && kept.root && !atomic_load_explicit(&ctx->owner, memory_order_relaxed))
         spread_root(ctx, kept.root);
+    *spread = kept.spread;
     return kept.root;
 }
 
 /* A reference to the current root of `ctx` (NULL: empty), which another
- * thread may be writing. */
+ * thread may be writing; *spread is the spread it is counted on, if any. */
+static cvi_hamt_node *snapshot_counted(cv_context_t *ctx, struct cvi_spread **spread)
+{
+    *spread = NULL;
+    return owned_by_caller(ctx) ? cvi_context_retain_owned_root(ctx)
+                                : snapshot_foreign(ctx, spread);
+}
+
+/* The same, for a reference that cvi_node_release drops. */
 static cvi_hamt_node *snapshot(cv_context_t *ctx)
 {
-    return owned_by_caller(ctx) ? cvi_context_retain_owned_root(ctx) : snapshot_foreign(ctx);
+    struct cvi_spread *spread;
+    return snapshot_counted(ctx, &spread);
 }
 
 cv_context_t *cv_context_new(void)
@@ -418,7 +434,13 @@ cv_context_t *cv_copy_context(void)
 
 cv_context_t *cv_context_copy(cv_context_t *ctx)
 {
-    return ctx ? cvi_context_new_with_root(snapshot(ctx)) : NULL;
+    if (!ctx)
+        return NULL;
+    struct cvi_spread *spread;
+    cv_context_t *copy = cvi_context_new_with_root(snapshot_counted(ctx, &spread));
+    if (copy)
+        copy->root_spread = spread;
+    return copy;
 }
 
 void cv_context_retain(cv_context_t *ctx)
@@ -426,6 +448,19 @@ void cv_context_retain(cv_context_t *ctx)
     /* Relaxed: the caller holds a reference already. */
     if (ctx)
         atomic_fetch_add_explicit(&ctx->refs, 1, memory_order_relaxed);
+}
+
+/* cv_context_release's drop of the root of a context that has a spread:
+ * a base ends its copies' spread (they count on the root's word again), a
+ * copy drops its reference on its shard. Out of line: most contexts have
+ * neither. */
+__attribute__((noinline)) static void release_spread_root(cv_context_t *ctx)
+{
+    struct cvi_spread *spread = atomic_load_explicit(&ctx->spread_for_copies, memory_order_relaxed);
+    if (spread)
+        cvi_spread_end(spread);
+    if (!ctx->root_spread || !cvi_spread_release(ctx->root_spread))
+        cvi_node_release(cvi_context_owned_root(ctx));
 }
 
 void cv_context_release(cv_context_t *ctx)
@@ -439,12 +474,14 @@ void cv_context_release(cv_context_t *ctx)
         if (atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_acq_rel) != 1)
             return;
     }
-    /* Relaxed: the last reference is ours, after the acquire above. A base
-     * gives its root up: its copies count on the root's word again. */
-    struct cvi_spread *spread = atomic_load_explicit(&ctx->spread_for_copies, memory_order_relaxed);
-    if (__builtin_expect(spread != NULL, 0))
-        cvi_spread_end(spread);
-    cvi_node_release(cvi_context_owned_root(ctx));
+    /* Relaxed: the last reference is ours, after the acquire above. */
+    if (__builtin_expect(
+            (uintptr_t)ctx->root_spread |
+                (uintptr_t)atomic_load_explicit(&ctx->spread_for_copies, memory_order_relaxed),
+            0))
+        release_spread_root(ctx);
+    else
+        cvi_node_release(cvi_context_owned_root(ctx));
     cvi_free(ctx, sizeof(*ctx));
 }
 

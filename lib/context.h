@@ -36,6 +36,11 @@ struct cv_context {
      * root, while this context is their base: hung here by the copier that
      * begins it, taken down by whoever ends it (context.c, spread_root). */
     _Atomic(struct cvi_spread *) spread_for_copies;
+    /* The spread on which this context's own reference to its root is
+     * counted, or NULL (on the root's count): so that releasing a copy of a
+     * base touches neither the root nor anything next to it in memory.
+     * Cleared with each new root. */
+    struct cvi_spread *root_spread;
 };
 
 /* A context owning one reference to `root` (NULL: empty); NULL if memory
@@ -56,6 +61,7 @@ static inline void cvi_context_init(cv_context_t *ctx, cvi_hamt_node *root)
     atomic_init(&ctx->refs, 1);
     ctx->id = 0;
     atomic_init(&ctx->spread_for_copies, NULL);
+    ctx->root_spread = NULL;
 }
 
 /* The identity of a context the caller owns, given on first need. No token
@@ -168,6 +174,9 @@ static inline bool cvi_context_begin_write(cv_context_t *ctx)
 static inline void cvi_context_end_write(cv_context_t *ctx, cvi_hamt_node *root)
 {
     atomic_store_explicit(&ctx->root, root, memory_order_relaxed);
+    /* A root with a spread is never updated in place: this one is new, or
+     * was ours alone, and counts our reference itself. */
+    ctx->root_spread = NULL;
     /* Release, both: a reader that sees the update end sees all of it, and
      * so does a fork() that sees the thread's flag drop. */
     atomic_store_explicit(&ctx->writing_in_place, false, memory_order_release);
