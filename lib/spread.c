@@ -28,7 +28,7 @@
  * The spread stays with the node until the node is disposed of: a reader
  * may find it, closed, at any time before.
  */
-#define _GNU_SOURCE /* sysconf's _SC_NPROCESSORS_CONF */
+#define _GNU_SOURCE /* sched_getcpu, sysconf's _SC_NPROCESSORS_CONF */
 #include "spread.h"
 
 #include "alloc.h"
@@ -37,8 +37,11 @@
 
 #include <sched.h>
 #include <stdint.h>
-#include <sys/rseq.h>
 #include <unistd.h>
+#if __has_include(<sys/rseq.h>) /* glibc 2.35 and later */
+#include <sys/rseq.h>
+#define CV_HAVE_RSEQ_AREA 1
+#endif
 
 /* Two lines: x86 cores fetch lines in adjacent pairs. */
 #define CACHE_LINE 128
@@ -82,16 +85,21 @@ static unsigned slots(void)
 }
 
 /* The CPU we run on, from the rseq area that glibc registers for every
- * thread (a load, where sched_getcpu is a call into the vDSO); -1 if the
- * kernel or glibc has none. A thread that migrates meanwhile still counts
- * correctly, on another CPU's shard. */
+ * thread (a load, where sched_getcpu is a call into the vDSO); negative if
+ * unknown. A thread that migrates meanwhile still counts correctly, on
+ * another CPU's shard. */
 static int current_cpu(void)
 {
-    if (__rseq_size == 0)
-        return sched_getcpu();
-    const struct rseq *area =
-        (const struct rseq *)((char *)__builtin_thread_pointer() + __rseq_offset);
-    return (int)atomic_load_explicit((const _Atomic uint32_t *)&area->cpu_id, memory_order_relaxed);
+#ifdef CV_HAVE_RSEQ_AREA
+    if (__rseq_size != 0) {
+        const struct rseq *area =
+            (const struct rseq *)((char *)__builtin_thread_pointer() + __rseq_offset);
+        /* Relaxed: the kernel updates it; any recent value will do. */
+        return (int)atomic_load_explicit((const _Atomic uint32_t *)&area->cpu_id,
+                                         memory_order_relaxed);
+    }
+#endif
+    return sched_getcpu();
 }
 
 static struct shard *my_shard(struct cvi_spread *spread)
