@@ -29,8 +29,10 @@
 #include "values.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ------------------------------------------------ allocator that counts */
 
@@ -345,6 +347,65 @@ static void test_copies_race_claims(void **state)
     assert_all_gone(values, VALUES, baseline);
 }
 
+/* ------------------------------------------- spreads from real collisions */
+
+struct collider {
+    cv_context_t *base;
+    atomic_bool *stop;
+    int wrong;
+};
+
+static void *copy_until_stopped_main(void *arg)
+{
+    struct collider *c = arg;
+    while (!atomic_load(c->stop)) {
+        cv_context_t *copy = cv_context_copy(c->base);
+        if (!copy)
+            c->wrong++;
+        cv_context_release(copy);
+    }
+    return NULL;
+}
+
+/* Without the testing hook: two threads copying one base collide on its
+ * root's count, and that alone begins a spread (on a machine with more
+ * than one CPU; on one, nothing bounces and nothing spreads). */
+static void test_collisions_spread(void **state)
+{
+    (void)state;
+    if (sysconf(_SC_NPROCESSORS_CONF) < 2)
+        skip();
+    long baseline = settled_bytes();
+    struct tracked v;
+    tracked_init(&v);
+    cv_context_t *base = base_with(&v);
+    atomic_bool stop = false;
+    struct collider c[2];
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        c[i] = (struct collider){.base = base, .stop = &stop};
+        assert_int_equal(pthread_create(&t[i], NULL, copy_until_stopped_main, &c[i]), 0);
+    }
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (cv_testing_spreads() == 0 && seconds_since(&start) < 20)
+        sched_yield();
+    long spreads = cv_testing_spreads();
+    atomic_store(&stop, true);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        assert_int_equal(c[i].wrong, 0);
+    }
+    cv_context_release(base);
+    assert_all_gone(&v, 1, baseline);
+    /* Under valgrind the threads run one at a time and may never collide. */
+    if (spreads == 0) {
+        print_message("no collision in 20 s: were the threads running one at a time?\n");
+        skip();
+    }
+    assert_int_equal(spreads, 1);
+}
+
 int main(void)
 {
     /* Before any other call of the library, as the contract requires. */
@@ -361,10 +422,9 @@ int main(void)
         return 1;
     cv_context_release(warm);
     struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_copies_fold_back),
-        cmocka_unit_test(test_claim_ends_the_spread),
-        cmocka_unit_test(test_memory_short),
-        cmocka_unit_test(test_copies_race_claims),
+        cmocka_unit_test(test_copies_fold_back),  cmocka_unit_test(test_claim_ends_the_spread),
+        cmocka_unit_test(test_memory_short),      cmocka_unit_test(test_copies_race_claims),
+        cmocka_unit_test(test_collisions_spread),
     };
     int failed = cv_test_run_selected("spread", tests, sizeof(tests) / sizeof(tests[0]));
     cv_var_release(x);
