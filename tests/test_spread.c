@@ -282,7 +282,7 @@ static bool is_one_of(void *value, struct tracked *values)
     return false;
 }
 
-static void *copy_while_claimed_main(void *arg)
+static void *copy_until_stopped_main(void *arg)
 {
     struct racer *r = arg;
     while (!atomic_load(r->stop)) {
@@ -295,6 +295,33 @@ static void *copy_while_claimed_main(void *arg)
         r->copies++;
     }
     return NULL;
+}
+
+/* Starts two threads copying `base` until *stop. */
+static void start_racers(struct racer r[2], pthread_t t[2], cv_context_t *base,
+                         struct tracked *values, atomic_bool *stop)
+{
+    for (int i = 0; i < 2; i++) {
+        r[i] = (struct racer){.base = base, .values = values, .stop = stop};
+        assert_int_equal(pthread_create(&t[i], NULL, copy_until_stopped_main, &r[i]), 0);
+    }
+}
+
+/* Stops them: each must have copied, and found a live value every time. */
+static void stop_racers(struct racer r[2], pthread_t t[2], atomic_bool *stop)
+{
+    atomic_store(stop, true);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        assert_int_equal(r[i].wrong, 0);
+        assert_true(r[i].copies > 0);
+    }
+}
+
+static void init_values(struct tracked values[VALUES])
+{
+    for (int i = 0; i < VALUES; i++)
+        tracked_init(&values[i]);
 }
 
 static double seconds_since(const struct timespec *start)
@@ -313,18 +340,14 @@ static void test_copies_race_claims(void **state)
     (void)state;
     long baseline = settled_bytes();
     static struct tracked values[VALUES];
-    for (int i = 0; i < VALUES; i++)
-        tracked_init(&values[i]);
+    init_values(values);
     cv_context_t *base = base_with(&values[0]);
     cv_testing_spread_every_copy(true);
 
     atomic_bool stop = false;
     struct racer r[2];
     pthread_t t[2];
-    for (int i = 0; i < 2; i++) {
-        r[i] = (struct racer){.base = base, .values = values, .stop = &stop};
-        assert_int_equal(pthread_create(&t[i], NULL, copy_while_claimed_main, &r[i]), 0);
-    }
+    start_racers(r, t, base, values, &stop);
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     long claims = 0;
@@ -336,36 +359,13 @@ static void test_copies_race_claims(void **state)
         if (seconds_since(&start) > 10)
             break;
     }
-    atomic_store(&stop, true);
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(pthread_join(t[i], NULL), 0);
-        assert_int_equal(r[i].wrong, 0);
-        assert_true(r[i].copies > 0);
-    }
+    stop_racers(r, t, &stop);
     cv_context_release(base);
     cv_testing_spread_every_copy(false);
     assert_all_gone(values, VALUES, baseline);
 }
 
 /* ------------------------------------------- spreads from real collisions */
-
-struct collider {
-    cv_context_t *base;
-    atomic_bool *stop;
-    int wrong;
-};
-
-static void *copy_until_stopped_main(void *arg)
-{
-    struct collider *c = arg;
-    while (!atomic_load(c->stop)) {
-        cv_context_t *copy = cv_context_copy(c->base);
-        if (!copy)
-            c->wrong++;
-        cv_context_release(copy);
-    }
-    return NULL;
-}
 
 /* Without the testing hook: two threads copying one base collide on its
  * root's count, and that alone begins a spread (on a machine with more
@@ -376,28 +376,21 @@ static void test_collisions_spread(void **state)
     if (sysconf(_SC_NPROCESSORS_CONF) < 2)
         skip();
     long baseline = settled_bytes();
-    struct tracked v;
-    tracked_init(&v);
-    cv_context_t *base = base_with(&v);
+    static struct tracked values[VALUES];
+    init_values(values);
+    cv_context_t *base = base_with(&values[0]);
     atomic_bool stop = false;
-    struct collider c[2];
+    struct racer r[2];
     pthread_t t[2];
-    for (int i = 0; i < 2; i++) {
-        c[i] = (struct collider){.base = base, .stop = &stop};
-        assert_int_equal(pthread_create(&t[i], NULL, copy_until_stopped_main, &c[i]), 0);
-    }
+    start_racers(r, t, base, values, &stop);
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     while (cv_testing_spreads() == 0 && seconds_since(&start) < 20)
         sched_yield();
     long spreads = cv_testing_spreads();
-    atomic_store(&stop, true);
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(pthread_join(t[i], NULL), 0);
-        assert_int_equal(c[i].wrong, 0);
-    }
+    stop_racers(r, t, &stop);
     cv_context_release(base);
-    assert_all_gone(&v, 1, baseline);
+    assert_all_gone(values, VALUES, baseline);
     /* Under valgrind the threads run one at a time and may never collide. */
     if (spreads == 0) {
         print_message("no collision in 20 s: were the threads running one at a time?\n");
