@@ -25,7 +25,6 @@ struct worker {
     _Alignas(64) struct __cds_wfcq_head head;
     _Alignas(64) struct cds_wfcq_tail tail;
     _Alignas(64) _Atomic uint64_t completed;
-    uint64_t done; /* the worker's own copy of completed */
     _Alignas(64) pthread_t thread;
     int cpu;
     struct cvb_pool *pool;
@@ -69,6 +68,9 @@ static void *worker_main(void *arg)
     struct cds_wfcq_tail local_tail;
     __cds_wfcq_init(&local_head, &local_tail);
     unsigned idle = 0;
+    /* The worker's own count, in a register: counting on completed's line,
+     * which the submitter polls, would pull that line back on every task. */
+    uint64_t done = 0;
     for (;;) {
         /* Take everything queued so far in one step (one dequeuer per
          * queue: no lock), then run it from the private list: the shared
@@ -89,12 +91,12 @@ static void *worker_main(void *arg)
         struct cds_wfcq_node *node;
         while ((node = __cds_wfcq_dequeue_blocking(&local_head, &local_tail))) {
             run_task(caa_container_of((void **)node, struct cvb_task, link));
-            w->done++;
+            done++;
         }
         /* Published once per burst: a counter written per task would
          * bounce its cache line to a polling submitter on every task and
          * make the pool measure that instead of the tasks. */
-        atomic_store_explicit(&w->completed, w->done, memory_order_release);
+        atomic_store_explicit(&w->completed, done, memory_order_release);
     }
     return NULL;
 }
@@ -117,7 +119,6 @@ cvb_pool_t *cvb_pool_start(int workers, const int *cpu_ids, void (*init)(void *)
         struct worker *w = &pool->workers[i];
         __cds_wfcq_init(&w->head, &w->tail);
         atomic_init(&w->completed, 0);
-        w->done = 0;
         w->cpu = cpu_ids ? cpu_ids[i] : -1;
         w->pool = pool;
     }
