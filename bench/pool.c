@@ -68,7 +68,7 @@ static void *worker_main(void *arg)
     struct cds_wfcq_tail local_tail;
     __cds_wfcq_init(&local_head, &local_tail);
     unsigned idle = 0;
-    /* The worker's own count, in a register: counting on completed's line,
+    /* The worker's own count, kept private: counting on completed's line,
      * which the submitter polls, would pull that line back on every task. */
     uint64_t done = 0;
     for (;;) {
