@@ -98,8 +98,13 @@ static inline void release_on_count(cvi_hamt_node *node)
     /* A sole owner may skip the atomic decrement, since a new reference
      * needs an existing one, but not on a node marked shared: a foreign
      * reader may be taking one with cvi_hamt_try_retain from a root pointer
-     * it loaded, and only the decrement decides which of the two wins. */
-    bool skip = !cvi_hamt_is_shared(node) && cvi_hamt_sole_owner(node);
+     * it loaded, and only the decrement decides which of the two wins. The
+     * count first: its acquire makes the mark that a former owner set
+     * before its release-decrement visible to the load after it. Read in
+     * the other order, the mark could be loaded before that owner set it
+     * and the count after it dropped its reference, and a reader's retain
+     * would then succeed on a node on its way to being freed. */
+    bool skip = cvi_hamt_sole_owner(node) && !cvi_hamt_is_shared(node);
     if (!skip && !cvi_hamt_release(node))
         return;
     /* Read the mark only now: the acquire above orders it after the
