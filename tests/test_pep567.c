@@ -153,15 +153,7 @@ static void test_null_is_a_value(void **state)
     assert_int_equal(cv_context_get(ctx, var, &out), CV_OK);
     assert_null(out);
 
-    cv_context_iter_t it;
-    cv_context_iter_init(&it, ctx);
-    cv_var_t *seen_var = NULL;
-    void *seen_value = sentinel;
-    assert_true(cv_context_iter_next(&it, &seen_var, &seen_value));
-    assert_ptr_equal(seen_var, var);
-    assert_null(seen_value);
-    assert_false(cv_context_iter_next(&it, &seen_var, &seen_value));
-    cv_context_iter_fini(&it);
+    assert_only_entry(ctx, var, NULL);
 
     /* A context holding NULL differs from one that holds nothing. */
     cv_context_t *empty = cv_context_new();

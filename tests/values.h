@@ -79,6 +79,20 @@ static inline cv_var_t *tracked_var(const char *name)
     return cv_var_new(name, &(cv_var_opts_t){.retain = tracked_retain, .release = tracked_release});
 }
 
+/* Iterating ctx yields exactly one entry, var with value. */
+static inline void assert_only_entry(cv_context_t *ctx, cv_var_t *var, void *value)
+{
+    cv_context_iter_t it;
+    cv_context_iter_init(&it, ctx);
+    cv_var_t *seen_var = NULL;
+    void *seen_value = sentinel;
+    assert_true(cv_context_iter_next(&it, &seen_var, &seen_value));
+    assert_ptr_equal(seen_var, var);
+    assert_ptr_equal(seen_value, value);
+    assert_false(cv_context_iter_next(&it, &seen_var, &seen_value));
+    cv_context_iter_fini(&it);
+}
+
 /* Setup and teardown: a fresh context entered for the test, so that no
  * test sees another's leftovers in the thread's base context. */
 static inline int enter_fresh(void **state)
