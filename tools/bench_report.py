@@ -65,6 +65,7 @@ class Run:
         self.results = {}
         medians = {}
         singles = {}
+        self.cv_entries = {}
         for b in data.get("benchmarks", []):
             name = b.get("run_name", b["name"])
             threads = int(b.get("threads", 1))
@@ -73,6 +74,8 @@ class Run:
             if b.get("run_type") == "aggregate":
                 if b.get("aggregate_name") == "median":
                     medians[key] = b
+                elif b.get("aggregate_name") == "cv" and threads == 1:
+                    self.cv_entries[base] = b
             else:
                 singles.setdefault(key, b)
         for key in set(medians) | set(singles):
@@ -111,6 +114,14 @@ class Run:
 
     def counter(self, name, counter, threads=1):
         b = self.entry(name, threads)
+        if b is None or counter not in b:
+            return None
+        return float(b[counter])
+
+    def spread(self, name, counter):
+        """google-benchmark's cv aggregate of a counter: its standard
+        deviation over the repetitions, as a fraction of their mean."""
+        b = self.cv_entries.get(name)
         if b is None or counter not in b:
             return None
         return float(b[counter])
@@ -388,11 +399,10 @@ def targets(run, mem, rss):
             add("%s: per-thread cost <= %.2fx of 1 thread" % (what, limit),
                 "-" if r is None else "%.3f at %d threads (%s vs %s)" % (r, worst[1], fmt_ns(worst[0]),
                                                                         fmt_ns(base)), ok)
-        plain = run.counter("pool/plain", "tasks_per_second")
-        prop = run.counter("pool/propagate", "tasks_per_second")
-        if plain and prop:
+        plain, prop, share = pool_rates(run)
+        if share:
             add("pool propagation >= 95% of plain", "%.1f%% (%.2f vs %.2f M tasks/s)" % (
-                100 * prop / plain, prop / 1e6, plain / 1e6), prop / plain >= PROPAGATION_MIN)
+                100 * share, prop / 1e6, plain / 1e6), share >= PROPAGATION_MIN)
         else:
             add("pool propagation >= 95% of plain", "-", None)
     if mem:
@@ -413,6 +423,17 @@ def targets(run, mem, rss):
                 " (time budget)" if p.get("stopped_early") else ""),
                 growth <= RSS_FLAT_LIMITS.get(phase, RSS_FLAT_KIB))
     return rows
+
+
+POOL_BENCH = "pool/alternating"
+
+
+def pool_rates(run):
+    """The pool's plain and propagating tasks per second and the share
+    propagation keeps, each None when not measured."""
+    return (run.counter(POOL_BENCH, "plain_tasks_per_second"),
+            run.counter(POOL_BENCH, "propagating_tasks_per_second"),
+            run.counter(POOL_BENCH, "propagation_share"))
 
 
 MT_BENCHES = [
@@ -511,19 +532,22 @@ def section_pool(runs, out):
         run = runs.get(a)
         if not run:
             continue
-        plain = run.counter("pool/plain", "tasks_per_second")
-        prop = run.counter("pool/propagate", "tasks_per_second")
-        workers = run.counter("pool/plain", "workers")
+        plain, prop, share = pool_rates(run)
+        workers = run.counter(POOL_BENCH, "workers")
         overhead = (1e9 / prop - 1e9 / plain) if plain and prop else None
+        spread = run.spread(POOL_BENCH, "propagation_share")
         rows.append((a, "%d" % workers if workers else "-",
                      "-" if plain is None else "%.2f M" % (plain / 1e6),
                      "-" if prop is None else "%.2f M" % (prop / 1e6),
-                     "-" if not (plain and prop) else "%.1f%%" % (100 * prop / plain),
+                     "-" if share is None else "%.1f%%" % (100 * share),
+                     "-" if spread is None else "%.0f%%" % (100 * spread),
                      fmt_ns(overhead)))
     out.append(table(["allocator", "workers", "plain", "propagating", "propagating/plain",
-                      "cost per task"], rows))
+                      "spread", "cost per task"], rows))
     out.append("  propagating: cv_task_init at submit (a reference to the submitter's map),"
                " cv_task_run on the worker (run in its reusable context, drop the reference).")
+    out.append("  plain and propagated batches alternate in one pool; propagating/plain is the median"
+               " over pairs of neighbouring batches, spread how much it differed between repetitions.")
     out.append("  cost per task: 1/propagating - 1/plain (the time propagation adds to each task).")
 
 
@@ -719,8 +743,7 @@ def write_plot(results_dir, runs, rsses, out):
             run = runs.get(a)
             if not run:
                 continue
-            plain = run.counter("pool/plain", "tasks_per_second")
-            prop = run.counter("pool/propagate", "tasks_per_second")
+            plain, prop, _share = pool_rates(run)
             have_pool |= bool(plain or prop)
             f.write('"%s" %s %s\n' % (a, val(plain and plain / 1e6), val(prop and prop / 1e6)))
 
