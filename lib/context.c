@@ -455,11 +455,10 @@ void cv_context_retain(cv_context_t *ctx)
         atomic_fetch_add_explicit(&ctx->refs, 1, memory_order_relaxed);
 }
 
-/* cv_context_release's drop of the root of a context that has a spread:
- * a base ends its copies' spread (they count on the root's word again), a
- * copy drops its reference on its shard. Out of line: most contexts have
- * neither. */
-__attribute__((noinline)) static void release_spread_root(cv_context_t *ctx)
+/* cvi_context_drop_map's case of a context that has a spread: a base ends
+ * its copies' spread (they count on the root's word again), a copy drops
+ * its reference on its shard. Out of line: most contexts have neither. */
+__attribute__((noinline)) void cvi_context_drop_spread_map(cv_context_t *ctx)
 {
     struct cvi_spread *spread = atomic_load_explicit(&ctx->spread_for_copies, memory_order_relaxed);
     if (spread)
@@ -479,14 +478,7 @@ void cv_context_release(cv_context_t *ctx)
         if (atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_acq_rel) != 1)
             return;
     }
-    /* Relaxed: the last reference is ours, after the acquire above. */
-    if (__builtin_expect(
-            (uintptr_t)ctx->root_spread |
-                (uintptr_t)atomic_load_explicit(&ctx->spread_for_copies, memory_order_relaxed),
-            0))
-        release_spread_root(ctx);
-    else
-        cvi_node_release(cvi_context_owned_root(ctx));
+    cvi_context_drop_map(ctx);
     cvi_free(ctx, sizeof(*ctx));
 }
 

@@ -212,4 +212,21 @@ void cvi_context_leave(cv_context_t *ctx);
  * period if a reader without a reference may still be walking it. */
 void cvi_node_release(cvi_hamt_node *node);
 
+void cvi_context_drop_spread_map(cv_context_t *ctx);
+
+/* Drops the map of a context whose last reference the caller holds, with
+ * any spread that copiers hung on it (which would otherwise keep the
+ * root's count up for ever). */
+static inline void cvi_context_drop_map(cv_context_t *ctx)
+{
+    /* Relaxed: the last reference is the caller's, taken with an acquire. */
+    if (__builtin_expect(
+            (uintptr_t)ctx->root_spread |
+                (uintptr_t)atomic_load_explicit(&ctx->spread_for_copies, memory_order_relaxed),
+            0))
+        cvi_context_drop_spread_map(ctx);
+    else
+        cvi_node_release(cvi_context_owned_root(ctx));
+}
+
 #endif

@@ -21,8 +21,10 @@
 #include "reclaim.h"
 
 #include "alloc.h"
+#include "testing.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -129,7 +131,8 @@ static void dispose_list(void *list, dispose_fn dispose)
 }
 
 /* Work that disposals and deferred calls create (a node's last child, the
- * root of a context a deferred call releases): counted when an object is
+ * root of a context a deferred call releases), in RCU callbacks or inline
+ * when reclamation is behind: counted when an object is
  * retired and again when a batch is handed to call_rcu, so that the barrier
  * waits for these cascades too. The second count matters: a callback that
  * hands its batch to call_rcu after a barrier queued its own callback puts
@@ -172,7 +175,12 @@ static void submit(void *list, dispose_fn dispose)
          * wait for the grace period here instead. Slow, but retiring must
          * not fail. */
         cvi_synchronize();
+        /* As a callback would: what the disposals retire counts as work
+         * that a barrier waits for, and waits for no grace period here. */
+        bool outer = in_callback;
+        in_callback = true;
         dispose_list(list, dispose);
+        in_callback = outer;
         return;
     }
     atomic_fetch_add_explicit(&batches_in_flight, 1, memory_order_relaxed);
@@ -224,22 +232,41 @@ void cvi_synchronize(void)
 static void *take(struct pending *pending)
 {
     /* Acquire: pairs with the release push, so the links written into the
-     * objects are visible before we walk them. */
-    void *list = atomic_exchange_explicit(&pending->head, NULL, memory_order_acquire);
+     * objects are visible before we walk them. Release: a barrier whose
+     * take comes after this one sees the flush count that precedes it. */
+    void *list = atomic_exchange_explicit(&pending->head, NULL, memory_order_acq_rel);
     atomic_store_explicit(&pending->count, 0, memory_order_relaxed);
     return list;
 }
 
-static void flush(struct pending *pending)
+/* Lists that their owners have taken and not yet handed to call_rcu (or
+ * disposed of, when reclamation is behind). A barrier cannot take these,
+ * so it waits until none is in hand. */
+static atomic_long lists_in_hand;
+
+static void (*pause_in_flush_for_testing)(void);
+
+void cv_testing_pause_in_flush(void (*pause)(void))
 {
-    void *list = take(pending);
-    submit(list, atomic_load_explicit(&pending->dispose, memory_order_relaxed));
+    pause_in_flush_for_testing = pause;
 }
 
-static void on_thread_exit(void *arg)
+static void flush(struct pending *pending)
 {
-    struct pending *pending = arg;
-    flush(pending);
+    /* Relaxed: take's release publishes it to a barrier that finds the
+     * list taken. */
+    atomic_fetch_add_explicit(&lists_in_hand, 1, memory_order_relaxed);
+    void *list = take(pending);
+    if (__builtin_expect(pause_in_flush_for_testing != NULL, 0) && list)
+        pause_in_flush_for_testing();
+    submit(list, atomic_load_explicit(&pending->dispose, memory_order_relaxed));
+    /* Release: the hand-over happens before a barrier that sees the count
+     * drop waits for the callbacks queued so far. */
+    atomic_fetch_sub_explicit(&lists_in_hand, 1, memory_order_release);
+}
+
+static void unlink_thread(struct pending *pending)
+{
     pthread_mutex_lock(&registry_lock);
     if (pending->prev)
         pending->prev->next = pending->next;
@@ -251,6 +278,13 @@ static void on_thread_exit(void *arg)
     pending->registered = false;
 }
 
+static void on_thread_exit(void *arg)
+{
+    struct pending *pending = arg;
+    flush(pending);
+    unlink_thread(pending);
+}
+
 static void create_thread_exit_key(void)
 {
     /* Without the key, retired objects of exiting threads would be lost. */
@@ -258,7 +292,10 @@ static void create_thread_exit_key(void)
         abort();
 }
 
-static void register_thread(struct pending *pending)
+/* False if the thread's exit cannot be hooked (no memory for the key's
+ * value): then it stays out of the registry, whose entries must not
+ * outlive their threads. */
+static bool register_thread(struct pending *pending)
 {
     pthread_once(&thread_exit_key_once, create_thread_exit_key);
     pthread_mutex_lock(&registry_lock);
@@ -269,14 +306,22 @@ static void register_thread(struct pending *pending)
     registry = pending;
     pthread_mutex_unlock(&registry_lock);
     pending->registered = true;
-    pthread_setspecific(thread_exit_key, pending);
+    if (pthread_setspecific(thread_exit_key, pending) == 0)
+        return true;
+    unlink_thread(pending);
+    return false;
 }
 
 void cvi_retire(void *obj, void (*dispose)(void *obj))
 {
     struct pending *pending = &thread_pending;
-    if (!pending->registered)
-        register_thread(pending);
+    if (!pending->registered && !register_thread(pending)) {
+        /* A list of its own, handed over at once: slow, but nothing is
+         * left where only the thread's exit would find it. */
+        *(void **)obj = NULL;
+        submit(obj, dispose);
+        return;
+    }
     if (atomic_load_explicit(&pending->dispose, memory_order_relaxed) != dispose) {
         flush(pending);
         /* Relaxed: the release push below publishes it to a barrier. */
@@ -379,6 +424,10 @@ void cvi_reclaim_barrier(void)
          * pairing with the callbacks' release counts). */
         unsigned long before = atomic_load_explicit(&callback_work, memory_order_acquire);
         flush_every_thread();
+        /* Acquire: pairs with flush's release, so the lists that other
+         * threads had taken are queued before the barrier's callbacks. */
+        while (atomic_load_explicit(&lists_in_hand, memory_order_acquire) != 0)
+            sched_yield();
         urcu_bp_barrier();
         /* Relaxed: urcu_bp_barrier waited for the callbacks that count. */
         if (atomic_load_explicit(&callback_work, memory_order_relaxed) == before)
@@ -390,11 +439,41 @@ void cvi_reclaim_barrier(void)
  * fork(): pause the call_rcu worker between callbacks first (a callback may
  * take library locks), then hold the registry so no thread is half-linked,
  * then let urcu-bp quiesce its own registry.
+ *
+ * The registry's entries live in their threads' static TLS, and in the
+ * child glibc treats the other threads' stacks, TLS included, as free: it
+ * may unmap them or give them to the child's next threads, which zero
+ * them (seen here: a new thread's entry at the address of a parent
+ * thread's, still linked, and the registry a cycle). So nothing of theirs
+ * may be read in the child. Their lists are taken before the fork, into
+ * chains that both processes hand to call_rcu once it runs again: the
+ * parent early, the child for threads it no longer has.
  */
+static struct chain fork_chains[BARRIER_CHAINS];
+static unsigned fork_chains_used;
+
+static void hand_over_fork_chains(void)
+{
+    for (unsigned i = 0; i < fork_chains_used; i++)
+        if (fork_chains[i].head)
+            submit(fork_chains[i].head, fork_chains[i].dispose);
+    fork_chains_used = 0;
+}
+
 void cvi_reclaim_before_fork(void)
 {
     urcu_bp_call_rcu_before_fork();
     pthread_mutex_lock(&registry_lock);
+    /* A list beyond the chains stays with its thread: in the child, only
+     * its nodes' memory is lost. */
+    for (struct pending *pending = registry; pending; pending = pending->next) {
+        struct chain *chain =
+            chain_for(fork_chains, &fork_chains_used,
+                      atomic_load_explicit(&pending->dispose, memory_order_relaxed));
+        void *list = chain ? take(pending) : NULL;
+        if (list)
+            append(chain, list);
+    }
     urcu_bp_before_fork();
 }
 
@@ -403,6 +482,7 @@ void cvi_reclaim_after_fork_parent(void)
     urcu_bp_after_fork_parent();
     pthread_mutex_unlock(&registry_lock);
     urcu_bp_call_rcu_after_fork_parent();
+    hand_over_fork_chains();
 }
 
 void cvi_reclaim_after_fork_child(void)
@@ -413,8 +493,14 @@ void cvi_reclaim_after_fork_child(void)
     if (cvi_fence_asymmetric)
         cvi_fence_asymmetric = membarrier_register();
     urcu_bp_after_fork_child();
-    /* The other threads' pending lists stay registered: their memory is
-     * still mapped in the child, and a barrier there disposes of them. */
+    struct pending *self = &thread_pending;
+    registry = self->registered ? self : NULL;
+    if (registry)
+        self->prev = self->next = NULL;
+    /* Lists that the parent's other threads had in hand are lost with
+     * them: a barrier here must not wait for their hand-over. */
+    atomic_store_explicit(&lists_in_hand, 0, memory_order_relaxed);
     pthread_mutex_unlock(&registry_lock);
     urcu_bp_call_rcu_after_fork_child();
+    hand_over_fork_chains();
 }

@@ -13,6 +13,7 @@
  * another next time.
  */
 #include "context.h"
+#include "testing.h"
 #include "thread.h"
 
 void cv_flow_suppress(void)
@@ -67,6 +68,13 @@ static void keep_task_context(struct cvi_thread *thread, cv_context_t *ctx)
         thread->task_context = ctx;
 }
 
+static void (*pause_after_task_for_testing)(void);
+
+void cv_testing_pause_after_task(void (*pause)(void))
+{
+    pause_after_task_for_testing = pause;
+}
+
 cv_status_t cv_task_run(cv_task_t *task)
 {
     if (!task || !task->cv_private_fn)
@@ -100,10 +108,12 @@ cv_status_t cv_task_run(cv_task_t *task)
         *task = (cv_task_t){fn, arg, map};
         return status;
     }
+    if (__builtin_expect(pause_after_task_for_testing != NULL, 0))
+        pause_after_task_for_testing();
     /* Acquire: if whoever fn handed the context to has let go, their uses
      * are done. */
     if (atomic_load_explicit(&ctx->refs, memory_order_acquire) == 1) {
-        cvi_node_release(cvi_context_owned_root(ctx));
+        cvi_context_drop_map(ctx);
         atomic_store_explicit(&ctx->root, NULL, memory_order_relaxed);
         keep_task_context(thread, ctx);
     } else {

@@ -36,4 +36,16 @@ void cv_testing_spread_every_copy(bool spread);
 /* How many roots have a spread, live or ended, not yet disposed of. */
 long cv_testing_spreads(void);
 
+/* With `pause` set, a thread that hands a list of retired nodes to
+ * reclamation calls it between taking the list and handing it over: the
+ * window in which cv_reclaim_barrier must wait for that thread. NULL turns
+ * it off. */
+void cv_testing_pause_in_flush(void (*pause)(void));
+
+/* With `pause` set, cv_task_run calls it between the end of its run and
+ * its look at whether fn kept the task's context: the window in which a
+ * thread that fn handed the context to may copy it and let it go. NULL
+ * turns it off. */
+void cv_testing_pause_after_task(void (*pause)(void));
+
 #endif

@@ -674,12 +674,115 @@ static void test_child_reads_context_of_absent_owner(void **state)
     run_busy_forks(false, false, absent_owner_child, 8, "owner writing in place");
 }
 
+/* ------------------------------------ threads gone, their garbage left */
+
+static atomic_int retired_value_refs;
+static int retired_obj;
+
+static void counting_retain(void *value)
+{
+    if (value == &retired_obj)
+        atomic_fetch_add(&retired_value_refs, 1);
+}
+
+static void counting_release(void *value)
+{
+    if (value == &retired_obj)
+        atomic_fetch_sub(&retired_value_refs, 1);
+}
+
+/* Leaves an old root of a fresh context waiting in the calling thread's
+ * list of retired nodes: a read from outside while nobody owns the
+ * context makes the next set copy the path and retire the root it
+ * replaces, which holds `value` until it is disposed of. */
+static bool retire_root_holding(cv_var_t *var, void *value)
+{
+    cv_context_t *ctx = cv_context_new();
+    bool ok = ctx && cv_context_enter(ctx) == CV_OK && cv_set(var, value, NULL) == CV_OK &&
+              cv_context_exit(ctx) == CV_OK;
+    ok = ok && cv_context_len(ctx) == 1;
+    ok = ok && cv_context_enter(ctx) == CV_OK && cv_set(var, VAL(0x2), NULL) == CV_OK &&
+         cv_context_exit(ctx) == CV_OK;
+    cv_context_release(ctx);
+    return ok;
+}
+
+struct retirer {
+    cv_var_t *hooked;
+    atomic_int stage; /* 1: retired; 2: may exit */
+    bool ok;
+};
+
+static void *retirer_main(void *arg)
+{
+    struct retirer *r = arg;
+    r->ok = retire_root_holding(r->hooked, &retired_obj);
+    atomic_store(&r->stage, 1);
+    while (atomic_load(&r->stage) != 2)
+        sleep_ms(1);
+    return NULL;
+}
+
+static void *child_retirer_main(void *arg)
+{
+    CCHECK(retire_root_holding(arg, VAL(0x1)));
+    return NULL;
+}
+
+/* The child's threads may get the dead parent threads' stacks, and the
+ * lists of retired nodes in their TLS with them, from glibc's cache: the
+ * child must neither lose those nodes nor link a reused list twice (a
+ * cycle, and every barrier spinning in it). */
+static void reusing_child(void *arg)
+{
+    cv_var_t *plain = arg;
+    for (int i = 0; i < 4; i++) {
+        pthread_t t;
+        CCHECK(pthread_create(&t, NULL, child_retirer_main, plain) == 0);
+        CCHECK(pthread_join(t, NULL) == 0);
+    }
+    cv_reclaim_barrier();
+    /* The parent thread's retired root, disposed of here. */
+    CCHECK(atomic_load(&retired_value_refs) == 0);
+}
+
+static void test_child_threads_reuse_dead_threads_lists(void **state)
+{
+    (void)state;
+    cv_var_t *plain = cv_var_new("plain", NULL);
+    struct retirer r = {
+        .hooked = cv_var_new(
+            "hooked", &(cv_var_opts_t){.retain = counting_retain, .release = counting_release}),
+    };
+    assert_non_null(plain);
+    assert_non_null(r.hooked);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, retirer_main, &r), 0);
+    while (atomic_load(&r.stage) != 1)
+        sleep_ms(1);
+    /* Still waiting for its thread's exit or its batch to fill. */
+    int refs_at_fork = atomic_load(&retired_value_refs);
+    const char *failure = in_child(reusing_child, plain, 5);
+    atomic_store(&r.stage, 2);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    cv_reclaim_barrier();
+    int refs_after = atomic_load(&retired_value_refs);
+    cv_var_release(plain);
+    cv_var_release(r.hooked);
+    if (failure)
+        fail_msg("%s", failure);
+    assert_true(r.ok);
+    assert_int_equal(refs_at_fork, 1);
+    assert_int_equal(refs_after, 0);
+}
+
 int main(void)
 {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_child_keeps_working),
         cmocka_unit_test(test_fork_amid_activity),
         cmocka_unit_test(test_child_reads_context_of_absent_owner),
+        cmocka_unit_test(test_child_threads_reuse_dead_threads_lists),
     };
     return cv_test_run_selected(GROUP_NAME, tests, sizeof(tests) / sizeof(tests[0]));
 }

@@ -400,6 +400,70 @@ static void test_collisions_spread(void **state)
     assert_int_equal(spreads, 1);
 }
 
+/* ------------------------------------------ a task's context, handed out */
+
+static _Atomic(cv_context_t *) handed_out;
+static int copies_in_pause;
+
+/* A task's fn that keeps its context and hands it out. */
+static void hand_out_own_context(void *arg)
+{
+    (void)arg;
+    cv_context_t *ctx = cv_context_current();
+    cv_context_retain(ctx);
+    atomic_store(&handed_out, ctx);
+}
+
+static void do_nothing(void *arg)
+{
+    (void)arg;
+}
+
+/* cv_task_run's pause between the run and its look at the context: the
+ * holder copies the context, unowned now, so that the copy hangs a spread
+ * on it, and lets both go. */
+static void copy_and_let_go(void)
+{
+    cv_context_t *ctx = atomic_exchange(&handed_out, NULL);
+    if (!ctx)
+        return;
+    cv_context_t *copy = cv_context_copy(ctx);
+    copies_in_pause += copy != NULL;
+    cv_context_release(copy);
+    cv_context_release(ctx);
+}
+
+/* The task's context object is reused for the thread's next task; the
+ * spread that a copy hung on it must end with its map, or the map's count
+ * stays up and its values are never released. */
+static void test_task_context_copied_after_its_run(void **state)
+{
+    (void)state;
+    cv_task_t task;
+    /* The thread's task context, made for good by its first task. */
+    assert_int_equal(cv_task_init(&task, do_nothing, NULL), CV_OK);
+    assert_int_equal(cv_task_run(&task), CV_OK);
+    long baseline = settled_bytes();
+    struct tracked v;
+    tracked_init(&v);
+    cv_context_t *base = base_with(&v);
+    assert_int_equal(cv_context_enter(base), CV_OK);
+    assert_int_equal(cv_task_init(&task, hand_out_own_context, NULL), CV_OK);
+    assert_int_equal(cv_context_exit(base), CV_OK);
+    cv_context_release(base);
+
+    copies_in_pause = 0;
+    cv_testing_pause_after_task(copy_and_let_go);
+    cv_status_t status = cv_task_run(&task);
+    cv_testing_pause_after_task(NULL);
+    assert_int_equal(status, CV_OK);
+    assert_int_equal(copies_in_pause, 1);
+
+    assert_int_equal(cv_task_init(&task, do_nothing, NULL), CV_OK);
+    assert_int_equal(cv_task_run(&task), CV_OK);
+    assert_all_gone(&v, 1, baseline);
+}
+
 int main(void)
 {
     /* Before any other call of the library, as the contract requires. */
@@ -425,6 +489,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_copies_race_claims, spread_every_copy,
                                         spread_on_collision_only),
         cmocka_unit_test(test_collisions_spread),
+        cmocka_unit_test_setup_teardown(test_task_context_copied_after_its_run, spread_every_copy,
+                                        spread_on_collision_only),
     };
     int failed = cv_test_run_selected("spread", tests, sizeof(tests) / sizeof(tests[0]));
     cv_var_release(x);

@@ -1516,6 +1516,100 @@ static void test_barrier_while_others_retire(void **state)
     cv_var_release(b.h);
 }
 
+/* A barrier owes the releases of nodes that a thread has taken off its
+ * list to hand over and not handed over yet: the writer's flush pauses in
+ * that window, and the barrier called meanwhile must wait for it. */
+struct in_hand_test {
+    cv_context_t *ctx;
+    cv_var_t *h;
+    atomic_bool paused, resumed, checked;
+    struct result writer_res;
+};
+
+static struct in_hand_test *in_hand;
+static _Thread_local bool pauses_its_flush;
+
+static void pause_writer_flush(void)
+{
+    if (!pauses_its_flush || atomic_exchange(&in_hand->paused, true))
+        return;
+    struct timespec pause = {0, 50 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    atomic_store(&in_hand->resumed, true);
+}
+
+static void *in_hand_writer_main(void *arg)
+{
+    struct in_hand_test *t = arg;
+    pauses_its_flush = true;
+    CHECK(&t->writer_res, cv_context_enter(t->ctx) == CV_OK);
+    for (long k = 0; !atomic_load(&t->resumed) && !atomic_load(&t->checked); k++)
+        CHECK(&t->writer_res, cv_set(t->h, &objs[k % NOBJ], NULL) == CV_OK);
+    /* Nothing more to retire until the main thread has counted. */
+    while (!atomic_load(&t->checked))
+        sched_yield();
+    CHECK(&t->writer_res, cv_context_exit(t->ctx) == CV_OK);
+    return NULL;
+}
+
+static void *in_hand_reader_main(void *arg)
+{
+    struct in_hand_test *t = arg;
+    /* Reads from outside keep the writer copying paths and retiring the
+     * old roots through RCU; they take no reference to a value. */
+    while (!atomic_load(&t->checked))
+        (void)cv_context_len(t->ctx);
+    return NULL;
+}
+
+static int live_obj_refs(void)
+{
+    int live = 0;
+    for (int i = 0; i < NOBJ; i++)
+        live += atomic_load(&objs[i].refs);
+    return live;
+}
+
+static void test_barrier_waits_for_lists_in_hand(void **state)
+{
+    (void)state;
+    for (int i = 0; i < NOBJ; i++)
+        atomic_init(&objs[i].refs, 0);
+    atomic_store(&hook_underflows, 0);
+    atomic_store(&hook_strangers, 0);
+    struct in_hand_test t = {0};
+    t.ctx = cv_context_new();
+    t.h = cv_var_new("hooked", &(cv_var_opts_t){.retain = obj_retain, .release = obj_release});
+    in_hand = &t;
+    cv_testing_pause_in_flush(pause_writer_flush);
+    pthread_t writer, reader;
+    assert_int_equal(pthread_create(&reader, NULL, in_hand_reader_main, &t), 0);
+    assert_int_equal(pthread_create(&writer, NULL, in_hand_writer_main, &t), 0);
+    double give_up = now_seconds() + 20;
+    while (!atomic_load(&t.paused) && now_seconds() < give_up)
+        sched_yield();
+    bool paused = atomic_load(&t.paused);
+    cv_reclaim_barrier();
+    bool resumed_first = atomic_load(&t.resumed);
+    /* Only the writer's current root still holds a value. */
+    int live = live_obj_refs();
+    atomic_store(&t.checked, true);
+    join(writer);
+    join(reader);
+    cv_testing_pause_in_flush(NULL);
+    in_hand = NULL;
+    assert_clean(&t.writer_res, "writer");
+    assert_true(paused);
+    assert_true(resumed_first);
+    assert_int_equal(live, 1);
+    cv_context_release(t.ctx);
+    cv_reclaim_barrier();
+    assert_int_equal(live_obj_refs(), 0);
+    assert_int_equal(atomic_load(&hook_underflows), 0);
+    assert_int_equal(atomic_load(&hook_strangers), 0);
+    cv_var_release(t.h);
+}
+
 /* --------------------------------------------- counted: exact balance */
 
 #ifdef CV_TEST_COUNTING_ALLOCATOR
@@ -1607,6 +1701,7 @@ int main(void)
         cmocka_unit_test(test_thread_exit_inside_run),
         cmocka_unit_test(test_hook_balance_across_threads),
         cmocka_unit_test(test_barrier_while_others_retire),
+        cmocka_unit_test(test_barrier_waits_for_lists_in_hand),
 #ifdef CV_TEST_COUNTING_ALLOCATOR
         cmocka_unit_test(test_thread_exits_leave_nothing),
 #endif
