@@ -47,9 +47,17 @@ static void default_free(void *ptr, size_t size, void *data)
 static cv_allocator_t allocator = {default_alloc, default_free, NULL};
 bool cvi_custom_allocator;
 
-/* Set by the first allocation: from then on the allocator may own memory
- * that only it can free, so it can no longer be replaced. */
+/* Set by the first allocation (from then on the allocator may own memory
+ * that only it can free), and by the other calls that end the time for
+ * choosing one (cvi_allocator_freeze). */
 static atomic_bool allocator_in_use;
+
+void cvi_allocator_freeze(void)
+{
+    /* Test before storing: callers may be frequent, the line shared. */
+    if (!atomic_load_explicit(&allocator_in_use, memory_order_relaxed))
+        atomic_store_explicit(&allocator_in_use, true, memory_order_relaxed);
+}
 
 __thread struct cvi_block_cache *cvi_thread_blocks __attribute__((tls_model("initial-exec")));
 static pthread_key_t cache_exit_key;
@@ -66,6 +74,8 @@ cv_status_t cv_set_allocator(const cv_allocator_t *replacement)
         return CV_EBUSY;
     allocator = *replacement;
     cvi_custom_allocator = true;
+    /* A second call comes after another call too. */
+    cvi_allocator_freeze();
     return CV_OK;
 }
 
@@ -112,9 +122,7 @@ static struct cvi_block_cache *cache_for_this_thread(void)
 /* The rest of cvi_alloc (alloc.h): a miss in the cache, or no cache. */
 void *cvi_alloc_slow(size_t size)
 {
-    /* Test before storing so the common path never writes a shared line. */
-    if (!atomic_load_explicit(&allocator_in_use, memory_order_relaxed))
-        atomic_store_explicit(&allocator_in_use, true, memory_order_relaxed);
+    cvi_allocator_freeze();
     if (!cvi_cacheable(size))
         return allocator.alloc(size, allocator.data);
     return malloc((cvi_block_class(size) + 1) * CVI_BLOCK_BYTES);

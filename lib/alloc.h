@@ -43,6 +43,12 @@ extern __thread struct cvi_block_cache *cvi_thread_blocks
 /* Set by cv_set_allocator: that allocator sees every call, uncached. */
 extern bool cvi_custom_allocator;
 
+/* Ends the time for cv_set_allocator, which is "before any other call":
+ * called by every allocation, by cv_set_allocator itself, and by the calls
+ * that may allocate nothing but change state all the same (the start of a
+ * thread's state, cv_reclaim_barrier). */
+void cvi_allocator_freeze(void);
+
 void *cvi_alloc_slow(size_t size);
 void cvi_free_slow(void *ptr, size_t size);
 

@@ -24,6 +24,16 @@ static inline bool cvi_in_callbacks(void)
     return atomic_load_explicit(&cvi_thread_state.callbacks_seq, memory_order_relaxed) & 1;
 }
 
+/* True while the calling thread runs watchers, handlers, or a variable's
+ * retain or release hook: it may not switch or write then (CV_EBUSY), as
+ * the change it is called from is not finished. */
+static inline bool cvi_refuses_changes(void)
+{
+    /* Relaxed: only this thread writes its own flag. */
+    return (atomic_load_explicit(&cvi_thread_state.callbacks_seq, memory_order_relaxed) & 1) |
+           (cvi_thread_state.value_hooks != 0);
+}
+
 /* Whether any watcher or handler is registered: the switch path's only
  * cost when none is. Relaxed: a registration that this load misses raced
  * with the switch; the slow path fences before it looks again. */

@@ -497,7 +497,7 @@ __attribute__((always_inline)) static inline cv_status_t enter(cv_context_t *ctx
 {
     if (!ctx)
         return CV_EINVAL;
-    if (cvi_in_callbacks())
+    if (cvi_refuses_changes())
         return CV_EBUSY;
     struct cvi_thread *thread = cvi_thread_ready();
     if (!thread)
@@ -567,7 +567,7 @@ cv_status_t cv_context_exit(cv_context_t *ctx)
      * floor: only what the caller entered itself can be exited. */
     if (thread->depth <= thread->run_floor + 1 || cvi_thread_current(thread) != ctx)
         return CV_ENOTCURRENT;
-    if (cvi_in_callbacks())
+    if (cvi_refuses_changes())
         return CV_EBUSY;
     pop_at(thread, thread->depth - 1);
     return CV_OK;
@@ -709,6 +709,7 @@ void cv_context_iter_fini(cv_context_iter_t *it)
 
 void cv_reclaim_barrier(void)
 {
+    cvi_allocator_freeze();
     cvi_callbacks_settle();
     cvi_reclaim_barrier();
 }

@@ -138,6 +138,7 @@ static void install_base(struct cvi_thread *thread, cv_context_t *base)
 
 struct cvi_thread *cvi_thread_start(void)
 {
+    cvi_allocator_freeze();
     struct cvi_thread *thread = &cvi_thread_state;
     if (!arm_exit_hook(thread))
         return NULL;

@@ -11,6 +11,9 @@
 #include <stdint.h>
 
 #define CVI_INLINE_STACK 8
+/* An update in place retains the new value and releases the old one; the
+ * rest is room for a path copied on the way (its old and new values). */
+#define CVI_DEFERRED_HOOKS 4
 
 /* The lookup cache and its version live apart, in cv_private_lookup_state
  * (ctxvars.h), where the header's inline get reads them. */
@@ -30,6 +33,19 @@ struct cvi_thread {
      * unregisters one waits until it has moved on (callbacks.c), and the
      * thread may not switch or write meanwhile. */
     atomic_uint callbacks_seq;
+    /* Nesting depth of retain/release hooks the thread runs: the thread
+     * may not switch or write meanwhile (the change that called the hook
+     * is not finished). */
+    uint32_t value_hooks;
+    /* While the thread updates a map in place for a variable with hooks:
+     * that variable, and the calls of its hooks that the update made, made
+     * once the map is whole again (var.c). */
+    cv_var_t *hooks_deferred_for;
+    uint32_t deferred_hook_count;
+    struct cvi_deferred_hook {
+        void (*hook)(void *value);
+        void *value;
+    } deferred_hooks[CVI_DEFERRED_HOOKS];
     uint32_t flow_suppressed;   /* nesting depth of cv_flow_suppress */
     cv_context_t *task_context; /* reused by cv_task_run (task.c) */
     struct cvi_thread *registry_prev, *registry_next;

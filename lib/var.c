@@ -120,19 +120,56 @@ static uint32_t entry_hash(const void *key)
     return ((const cv_var_t *)key)->head.hash;
 }
 
+/* Calls a variable's retain or release hook. The thread refuses changes
+ * meanwhile (cvi_refuses_changes): a hook that set a variable of the map
+ * being changed would change it under the change that called the hook. */
+static void call_value_hook(void (*hook)(void *value), void *value)
+{
+    struct cvi_thread *thread = &cvi_thread_state;
+    thread->value_hooks++;
+    hook(value);
+    thread->value_hooks--;
+}
+
+/* The same, or kept for later while the thread updates a map in place for
+ * `var`: the map is half changed then, and a hook that copied or iterated
+ * the context would take a reference to a node that the update is about
+ * to free. */
+static void call_or_defer_value_hook(cv_var_t *var, void (*hook)(void *value), void *value)
+{
+    struct cvi_thread *thread = &cvi_thread_state;
+    if (var == thread->hooks_deferred_for && thread->deferred_hook_count < CVI_DEFERRED_HOOKS) {
+        thread->deferred_hooks[thread->deferred_hook_count++] =
+            (struct cvi_deferred_hook){hook, value};
+        return;
+    }
+    call_value_hook(hook, value);
+}
+
+/* The calls kept while the update ran, in their order: a retain before
+ * the release of the value it replaced. */
+static void call_deferred_value_hooks(struct cvi_thread *thread)
+{
+    thread->hooks_deferred_for = NULL;
+    uint32_t count = thread->deferred_hook_count;
+    thread->deferred_hook_count = 0;
+    for (uint32_t i = 0; i < count; i++)
+        call_value_hook(thread->deferred_hooks[i].hook, thread->deferred_hooks[i].value);
+}
+
 /* The value's half: an update in place changes only the value. */
 static void value_retain(void *key, void *value)
 {
     cv_var_t *var = key;
     if (var->retain)
-        var->retain(value);
+        call_or_defer_value_hook(var, var->retain, value);
 }
 
 static void value_release(void *key, void *value)
 {
     cv_var_t *var = key;
     if (var->release)
-        var->release(value);
+        call_or_defer_value_hook(var, var->release, value);
 }
 
 /* A whole entry also holds its variable. */
@@ -383,14 +420,14 @@ static bool has_hooks(const cv_var_t *var)
 static void token_hold(cv_var_t *var, bool had_old, void *old_value)
 {
     cvi_var_ref(var);
-    if (had_old && var->retain)
-        var->retain(old_value);
+    if (had_old)
+        value_retain(var, old_value);
 }
 
 static void token_unhold(cv_var_t *var, bool had_old, void *old_value)
 {
-    if (had_old && var->release)
-        var->release(old_value);
+    if (had_old)
+        value_release(var, old_value);
     cvi_var_unref(var);
 }
 
@@ -415,38 +452,47 @@ __attribute__((always_inline)) static inline bool update(cv_context_t *ctx, cv_v
 {
     cvi_hamt_node *root = cvi_context_owned_root(ctx);
     const cvi_hamt_ops *ops = var->update_ops;
-    uint64_t label;
+    struct cvi_thread *thread = &cvi_thread_state;
+    uint64_t label = CVI_EMPTY_MAP_LABEL;
+    bool ok, defer_hooks = false;
     if (cvi_context_begin_write(ctx)) {
-        bool ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, ops)
-                         : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, ops,
-                                                   old_value, had_old);
+        defer_hooks = has_hooks(var);
+        if (defer_hooks)
+            thread->hooks_deferred_for = var;
+        ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, ops)
+                    : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, ops, old_value,
+                                              had_old);
         /* The root may be the same node with other contents: a new label
          * all the same, before end_write publishes it. */
-        label = CVI_EMPTY_MAP_LABEL;
         if (ok && root) {
             label = cvi_thread_next_id();
             cvi_hamt_set_label(root, label);
         }
         cvi_context_end_write(ctx, root);
-        if (!ok)
-            return false;
     } else {
         cvi_hamt_node *new_root;
-        bool ok = remove ? cvi_hamt_without(root, var, var->head.hash, ops, &new_root)
-                         : cvi_hamt_assoc(root, var, var->head.hash, value, ops, &new_root,
-                                          old_value, had_old);
-        if (!ok)
-            return false;
-        /* An unchanged root keeps its label (and may be shared). */
-        if (new_root && new_root != root) {
-            label = cvi_thread_next_id();
-            cvi_hamt_set_label(new_root, label);
-        } else {
-            label = cvi_map_label(new_root);
+        ok = remove ? cvi_hamt_without(root, var, var->head.hash, ops, &new_root)
+                    : cvi_hamt_assoc(root, var, var->head.hash, value, ops, &new_root, old_value,
+                                     had_old);
+        if (ok) {
+            /* An unchanged root keeps its label (and may be shared). */
+            if (new_root && new_root != root) {
+                label = cvi_thread_next_id();
+                cvi_hamt_set_label(new_root, label);
+            } else {
+                label = cvi_map_label(new_root);
+            }
+            cvi_context_publish(ctx, new_root);
         }
-        cvi_context_publish(ctx, new_root);
     }
-    cvi_thread_view(label);
+    if (ok)
+        cvi_thread_view(label);
+    /* The hooks that the update in place kept: the map is whole now, and
+     * the thread reads it. */
+    if (defer_hooks)
+        call_deferred_value_hooks(thread);
+    if (!ok)
+        return false;
     *view = label;
     return true;
 }
@@ -457,7 +503,7 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
         token_clear(token);
         return CV_EINVAL;
     }
-    if (cvi_in_callbacks()) {
+    if (cvi_refuses_changes()) {
         token_clear(token);
         return CV_EBUSY;
     }
@@ -514,31 +560,37 @@ cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
     cv_context_t *ctx = cvi_thread_current(&cvi_thread_state);
     if (!ctx || ctx->id != token->cv_private_context_id)
         return CV_ETOKEN_CONTEXT;
-    if (cvi_in_callbacks())
+    if (cvi_refuses_changes())
         return CV_EBUSY;
 
     bool restore = flags & TOKEN_HAS_OLD;
     void *old_value = token->cv_private_old_value, *replaced = NULL;
     bool had_value = false;
-    /* The handler's call needs the replaced value, alive after the map has
-     * dropped it. */
-    bool holds = var->on_change && has_hooks(var);
-    if (var->on_change)
+    /* A removal may drop the last reference to var, whose creator may have
+     * released it: var is read after the update only where something holds
+     * it (the map, after a restore; the reference below). The handler's
+     * call needs var and the replaced value alive after the map has
+     * dropped them. */
+    bool notify = var->on_change != NULL;
+    bool holds = notify && has_hooks(var);
+    if (notify) {
+        cvi_var_ref(var);
         had_value = cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, &replaced);
+    }
     if (holds)
         token_hold(var, had_value, replaced);
     uint64_t view;
-    if (!update(ctx, var, !restore, old_value, &replaced, &had_value, &view)) {
-        if (holds)
-            token_unhold(var, had_value, replaced);
-        return CV_ENOMEM;
-    }
-    if (restore)
+    bool ok = update(ctx, var, !restore, old_value, &replaced, &had_value, &view);
+    if (ok && restore)
         cache_store(var, old_value, view);
-    if (var->on_change)
+    if (ok && notify)
         cvi_change_notify(var, CV_CHANGE_RESET, had_value, replaced, restore, old_value);
     if (holds)
         token_unhold(var, had_value, replaced);
+    if (notify)
+        cvi_var_unref(var);
+    if (!ok)
+        return CV_ENOMEM;
     token_spend(token);
     return CV_OK;
 }

@@ -1461,6 +1461,12 @@ int main(void)
         fprintf(stderr, "cv_set_allocator failed before the first allocation\n");
         return 1;
     }
+    /* API.md: "before any other call": the first cv_set_allocator is one. */
+    cv_allocator_t other = {counting_alloc, counting_free, &other};
+    if (cv_set_allocator(&other) != CV_EBUSY) {
+        fprintf(stderr, "a second cv_set_allocator was accepted\n");
+        return 1;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_first_variable),    cmocka_unit_test(test_scenario_fail_from_nth),
         cmocka_unit_test(test_scenario_fail_nth), cmocka_unit_test(test_slot_table_growth),

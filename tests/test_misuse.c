@@ -877,6 +877,201 @@ static void test_strerror_of_an_unknown_status(void **state)
     assert_non_null(cv_strerror((cv_status_t)(CV_ENOTCURRENT + 1)));
 }
 
+/* ------------------------------------------- hooks calling the library */
+
+/* What a retain or release hook tried, and what it got. */
+static struct {
+    bool armed;
+    cv_var_t *other;
+    cv_context_t *elsewhere;
+    cv_token_t outside_token;
+    int calls;
+    cv_status_t set, reset, enter, exit, run;
+} in_hook;
+
+static void try_changes(void *value)
+{
+    (void)value;
+    if (!in_hook.armed)
+        return;
+    in_hook.armed = false;
+    in_hook.calls++;
+    bool called = false;
+    in_hook.set = cv_set(in_hook.other, value_c, NULL);
+    in_hook.reset = cv_reset(in_hook.other, &in_hook.outside_token);
+    in_hook.enter = cv_context_enter(in_hook.elsewhere);
+    in_hook.exit = cv_context_exit(cv_context_current());
+    in_hook.run = cv_context_run(in_hook.elsewhere, mark_called, &called);
+    if (called)
+        in_hook.run = CV_OK;
+}
+
+/* A hook may run in the middle of a change to the map it is called from:
+ * it may not set, reset, enter, exit or run (CV_EBUSY), and its attempts
+ * change nothing. */
+static void test_hooks_may_not_change_contexts(void **state)
+{
+    (void)state;
+    cv_var_t *hooked =
+        cv_var_new("hooked", &(cv_var_opts_t){.retain = try_changes, .release = try_changes});
+    in_hook.other = cv_var_new("other", NULL);
+    in_hook.elsewhere = cv_context_new();
+    assert_non_null(hooked);
+    assert_non_null(in_hook.other);
+    assert_non_null(in_hook.elsewhere);
+    /* Entered here, so that an exit would be allowed outside the hook. */
+    cv_context_t *ctx = cv_context_new();
+    assert_int_equal(cv_context_enter(ctx), CV_OK);
+    assert_int_equal(cv_set(in_hook.other, value_a, &in_hook.outside_token), CV_OK);
+    cv_token_t token;
+    for (int hook = 0; hook < 2; hook++) {
+        /* The retain of the new value, then the release of the old one. */
+        in_hook.calls = 0;
+        in_hook.armed = hook == 0;
+        assert_int_equal(cv_set(hooked, value_a, &token), CV_OK);
+        in_hook.armed = hook == 1;
+        assert_int_equal(cv_reset(hooked, &token), CV_OK);
+        cv_reclaim_barrier();
+        assert_int_equal(in_hook.calls, 1);
+        assert_int_equal(in_hook.set, CV_EBUSY);
+        assert_int_equal(in_hook.reset, CV_EBUSY);
+        assert_int_equal(in_hook.enter, CV_EBUSY);
+        assert_int_equal(in_hook.exit, CV_EBUSY);
+        assert_int_equal(in_hook.run, CV_EBUSY);
+        assert_ptr_equal(current_value(in_hook.other), value_a);
+        assert_ptr_equal(current_value(hooked), sentinel);
+        assert_false(cv_token_used(&in_hook.outside_token));
+        assert_ptr_equal(cv_context_current(), ctx);
+        assert_int_equal(cv_context_len(ctx), 1);
+    }
+    assert_int_equal(cv_reset(in_hook.other, &in_hook.outside_token), CV_OK);
+    assert_int_equal(cv_context_exit(ctx), CV_OK);
+    cv_context_release(ctx);
+    cv_context_release(in_hook.elsewhere);
+    cv_var_release(in_hook.other);
+    cv_var_release(hooked);
+}
+
+/* Copies, iterations and comparisons that hooks took of the current
+ * context while a set or reset changed it. */
+#define HOOK_COPIES 256
+static struct {
+    bool armed;
+    int count;
+    cv_context_t *copies[HOOK_COPIES];
+    size_t iterated[HOOK_COPIES];
+    bool equal[HOOK_COPIES];
+} hook_reads;
+
+static void copy_current(void *value)
+{
+    (void)value;
+    if (!hook_reads.armed || hook_reads.count == HOOK_COPIES)
+        return;
+    int i = hook_reads.count++;
+    cv_context_t *current = cv_context_current();
+    hook_reads.copies[i] = cv_copy_context();
+    cv_context_iter_t it;
+    cv_context_iter_init(&it, current);
+    size_t n = 0;
+    while (cv_context_iter_next(&it, NULL, NULL))
+        n++;
+    cv_context_iter_fini(&it);
+    hook_reads.iterated[i] = n;
+    hook_reads.equal[i] = cv_context_equal(current, hook_reads.copies[i]);
+}
+
+/* A hook may read and copy the context it is called from, at any point of
+ * a change: a copy holds a whole map (the one before the change or the one
+ * after), never nodes that the change frees. Inserts grow nodes, removals
+ * empty them, replacements swap values. */
+static void test_hooks_may_copy_the_context_they_change(void **state)
+{
+    (void)state;
+    enum { VARS = 48 };
+    cv_var_t *vars[VARS];
+    for (int i = 0; i < VARS; i++) {
+        vars[i] =
+            cv_var_new("copied", &(cv_var_opts_t){.retain = copy_current, .release = copy_current});
+        assert_non_null(vars[i]);
+    }
+    cv_context_t *ctx = cv_context_new();
+    assert_int_equal(cv_context_enter(ctx), CV_OK);
+    hook_reads.count = 0;
+    hook_reads.armed = true;
+    cv_token_t tokens[VARS];
+    for (int i = 0; i < VARS; i++)
+        assert_int_equal(cv_set(vars[i], value_a, &tokens[i]), CV_OK);
+    for (int i = 0; i < VARS; i += 2)
+        assert_int_equal(cv_set(vars[i], value_b, NULL), CV_OK);
+    for (int i = VARS - 1; i >= 0; i--)
+        if (i % 2)
+            assert_int_equal(cv_reset(vars[i], &tokens[i]), CV_OK);
+        else
+            cv_token_discard(&tokens[i]);
+    hook_reads.armed = false;
+    assert_true(hook_reads.count > VARS);
+    for (int i = 0; i < hook_reads.count; i++) {
+        assert_non_null(hook_reads.copies[i]);
+        assert_true(hook_reads.equal[i]);
+        size_t len = cv_context_len(hook_reads.copies[i]);
+        assert_int_equal(hook_reads.iterated[i], len);
+        assert_true(len <= VARS);
+        cv_context_release(hook_reads.copies[i]);
+    }
+    assert_int_equal(cv_context_len(ctx), VARS / 2);
+    assert_int_equal(cv_context_exit(ctx), CV_OK);
+    cv_context_release(ctx);
+    for (int i = 0; i < VARS; i++)
+        cv_var_release(vars[i]);
+    cv_reclaim_barrier();
+}
+
+static int handler_calls;
+
+static void count_change(const cv_change_t *change, void *data)
+{
+    (void)change;
+    (void)data;
+    handler_calls++;
+}
+
+/* API.md: the storage of a released variable lives on while a context
+ * holds it. A reset that removes it from the last context holding it ends
+ * that, and must not touch the variable after. */
+static void test_reset_after_the_creator_released_the_variable(void **state)
+{
+    (void)state;
+    const cv_var_opts_t kinds[] = {
+        {0},
+        {.retain = tracked_retain, .release = tracked_release},
+        {.on_change = count_change},
+        {.retain = tracked_retain, .release = tracked_release, .on_change = count_change},
+    };
+    for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+        cv_context_t *ctx = cv_context_new();
+        assert_int_equal(cv_context_enter(ctx), CV_OK);
+        cv_var_t *var = cv_var_new("released", &kinds[k]);
+        assert_non_null(var);
+        struct tracked value;
+        tracked_init(&value);
+        cv_token_t token;
+        handler_calls = 0;
+        assert_int_equal(cv_set(var, &value, &token), CV_OK);
+        cv_var_release(var);
+        assert_ptr_equal(current_value(var), &value);
+        assert_int_equal(cv_reset(var, &token), CV_OK);
+        assert_int_equal(cv_context_len(ctx), 0);
+        /* The set's call only: a released variable's handler is never
+         * called again. */
+        assert_int_equal(handler_calls, kinds[k].on_change ? 1 : 0);
+        assert_int_equal(cv_context_exit(ctx), CV_OK);
+        cv_context_release(ctx);
+        cv_reclaim_barrier();
+        assert_int_equal(atomic_load(&value.live), 0);
+    }
+}
+
 /* Last: everything the suite did went through the allocator. */
 static void test_every_free_got_the_size_asked_for(void **state)
 {
@@ -910,6 +1105,9 @@ int main(void)
         cmocka_unit_test(test_out_of_memory_changes_nothing),
         cmocka_unit_test(test_get_on_a_fresh_thread_allocates_nothing),
         cmocka_unit_test(test_strerror_of_an_unknown_status),
+        cmocka_unit_test(test_hooks_may_not_change_contexts),
+        cmocka_unit_test(test_hooks_may_copy_the_context_they_change),
+        cmocka_unit_test(test_reset_after_the_creator_released_the_variable),
         cmocka_unit_test(test_every_free_got_the_size_asked_for),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

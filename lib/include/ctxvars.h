@@ -105,7 +105,10 @@ typedef struct cv_var_opts {
      * release(value) when it drops one. release may run on another thread
      * and after the call that dropped the value (after the reclamation grace
      * period); cv_reclaim_barrier() waits for all of them. Neither is called
-     * for the default value, which the caller keeps alive. */
+     * for the default value, which the caller keeps alive. A hook may read
+     * and copy contexts, the one being changed included, but not switch or
+     * write: cv_set, cv_reset, enter, exit and run return CV_EBUSY inside
+     * it (and cv_reclaim_barrier must not be called from it). */
     void (*retain)(void *value);
     void (*release)(void *value);
     /** Optional change handler (.NET's AsyncLocal handler, folly's
@@ -134,10 +137,10 @@ typedef struct cv_var_opts {
  * hooks. Returns NULL if `name` is NULL or memory is short. */
 CV_EXPORT cv_var_t *cv_var_new(const char *name, const cv_var_opts_t *opts);
 
-/** Drops the creator's reference. The variable stays valid inside every
- * context that holds a value for it, until the last of them drops it; the
- * creator must not pass it to any function after this call. NULL is a
- * no-op. */
+/** Drops the creator's reference. The variable's storage lives on while a
+ * context holds a value for it: it can still be read, set and reset where
+ * it has a value (a reset that removes its last value may end it), and
+ * passed nowhere else. NULL is a no-op. */
 CV_EXPORT void cv_var_release(cv_var_t *var);
 
 /** The name given to cv_var_new; NULL if `var` is NULL. */
@@ -378,9 +381,9 @@ CV_EXPORT cv_status_t cv_task_init(cv_task_t *task, void (*fn)(void *arg), void 
  * before fn is called, so fn may free the memory it lives in. Returns what
  * cv_context_run returns: CV_OK, or CV_ENOTCURRENT if fn left contexts
  * entered; CV_ENOMEM (the thread's first task, or its first after fn kept
- * the context) or CV_EBUSY (inside a watcher or change handler) when fn
- * was not called, and the task is then given back unchanged. CV_EINVAL for
- * NULL or an empty task. */
+ * the context) or CV_EBUSY (inside a watcher, change handler or value
+ * hook) when fn was not called, and the task is then given back
+ * unchanged. CV_EINVAL for NULL or an empty task. */
 CV_EXPORT cv_status_t cv_task_run(cv_task_t *task);
 
 /** Drops a task that will not run: releases its context and empties it.
@@ -410,10 +413,10 @@ typedef struct cv_allocator {
 } cv_allocator_t;
 
 /** Replaces malloc/free for all of the library's memory. Only before any
- * other call of the library: CV_EBUSY once the library has allocated
- * anything (calls that allocate nothing, such as cv_strerror or a cv_get
- * on an empty thread, leave it open); CV_EINVAL if `allocator` or one of
- * its functions is NULL. */
+ * other call of the library: CV_EBUSY after one, a first cv_set_allocator
+ * included (cv_strerror, and calls that only refuse their arguments, read
+ * a token or count flow suppression, leave it open); CV_EINVAL if
+ * `allocator` or one of its functions is NULL. */
 CV_EXPORT cv_status_t cv_set_allocator(const cv_allocator_t *allocator);
 
 /* ------------------------------------------------- private: inline get */
