@@ -73,10 +73,12 @@ static void begin_callbacks(struct cvi_thread *thread)
     unsigned seq = atomic_load_explicit(&thread->callbacks_seq, memory_order_relaxed);
     atomic_store_explicit(&thread->callbacks_seq, seq + 1, memory_order_relaxed);
     cvi_fence_hot();
+    thread->changes_refused++;
 }
 
 static void end_callbacks(struct cvi_thread *thread)
 {
+    thread->changes_refused--;
     unsigned seq = atomic_load_explicit(&thread->callbacks_seq, memory_order_relaxed);
     /* Release: the calls happen before a waiter in settle() frees what
      * they used. */

@@ -29,9 +29,7 @@ static inline bool cvi_in_callbacks(void)
  * the change it is called from is not finished. */
 static inline bool cvi_refuses_changes(void)
 {
-    /* Relaxed: only this thread writes its own flag. */
-    return (atomic_load_explicit(&cvi_thread_state.callbacks_seq, memory_order_relaxed) & 1) |
-           (cvi_thread_state.value_hooks != 0);
+    return cvi_thread_state.changes_refused != 0;
 }
 
 /* Whether any watcher or handler is registered: the switch path's only

@@ -30,13 +30,13 @@ struct cvi_thread {
     atomic_bool updating_in_place;
     bool registered;
     /* Odd while the thread runs watchers or change handlers: whoever
-     * unregisters one waits until it has moved on (callbacks.c), and the
-     * thread may not switch or write meanwhile. */
+     * unregisters one waits until it has moved on (callbacks.c). */
     atomic_uint callbacks_seq;
-    /* Nesting depth of retain/release hooks the thread runs: the thread
-     * may not switch or write meanwhile (the change that called the hook
-     * is not finished). */
-    uint32_t value_hooks;
+    /* Nonzero while the thread runs callbacks or retain/release hooks (a
+     * count of the runs under way): it may not switch or write meanwhile,
+     * as the change that called them is not finished. One word, so that
+     * switches and writes check it with one load. */
+    uint32_t changes_refused;
     /* While the thread updates a map in place for a variable with hooks:
      * that variable, and the calls of its hooks that the update made, made
      * once the map is whole again (var.c). */

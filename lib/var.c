@@ -126,9 +126,9 @@ static uint32_t entry_hash(const void *key)
 static void call_value_hook(void (*hook)(void *value), void *value)
 {
     struct cvi_thread *thread = &cvi_thread_state;
-    thread->value_hooks++;
+    thread->changes_refused++;
     hook(value);
-    thread->value_hooks--;
+    thread->changes_refused--;
 }
 
 /* The same, or kept for later while the thread updates a map in place for
