@@ -452,13 +452,9 @@ __attribute__((always_inline)) static inline bool update(cv_context_t *ctx, cv_v
 {
     cvi_hamt_node *root = cvi_context_owned_root(ctx);
     const cvi_hamt_ops *ops = var->update_ops;
-    struct cvi_thread *thread = &cvi_thread_state;
     uint64_t label = CVI_EMPTY_MAP_LABEL;
-    bool ok, defer_hooks = false;
+    bool ok;
     if (cvi_context_begin_write(ctx)) {
-        defer_hooks = has_hooks(var);
-        if (defer_hooks)
-            thread->hooks_deferred_for = var;
         ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, ops)
                     : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, ops, old_value,
                                               had_old);
@@ -485,16 +481,37 @@ __attribute__((always_inline)) static inline bool update(cv_context_t *ctx, cv_v
             cvi_context_publish(ctx, new_root);
         }
     }
-    if (ok)
-        cvi_thread_view(label);
-    /* The hooks that the update in place kept: the map is whole now, and
-     * the thread reads it. */
-    if (defer_hooks)
-        call_deferred_value_hooks(thread);
     if (!ok)
         return false;
+    cvi_thread_view(label);
     *view = label;
     return true;
+}
+
+/* update() for a variable with retain/release hooks: its hooks' calls wait
+ * until the map is whole and the thread reads it. Out of line: the common
+ * variable has no hooks. */
+__attribute__((noinline)) static bool update_deferring_hooks(cv_context_t *ctx, cv_var_t *var,
+                                                             bool remove, void *value,
+                                                             void **old_value, bool *had_old,
+                                                             uint64_t *view)
+{
+    struct cvi_thread *thread = &cvi_thread_state;
+    thread->hooks_deferred_for = var;
+    bool ok = update(ctx, var, remove, value, old_value, had_old, view);
+    call_deferred_value_hooks(thread);
+    return ok;
+}
+
+/* The update for `var`, hooks deferred if it has them. */
+__attribute__((always_inline)) static inline bool update_var(cv_context_t *ctx, cv_var_t *var,
+                                                             bool remove, void *value,
+                                                             void **old_value, bool *had_old,
+                                                             uint64_t *view)
+{
+    if (__builtin_expect(has_hooks(var), 0))
+        return update_deferring_hooks(ctx, var, remove, value, old_value, had_old, view);
+    return update(ctx, var, remove, value, old_value, had_old, view);
 }
 
 cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
@@ -523,7 +540,7 @@ cv_status_t cv_set(cv_var_t *var, void *value, cv_token_t *token)
         token_hold(var, had_old, old_value);
     }
     uint64_t view;
-    if (!update(ctx, var, false, value, &old_value, &had_old, &view)) {
+    if (!update_var(ctx, var, false, value, &old_value, &had_old, &view)) {
         if (holds)
             token_unhold(var, had_old, old_value);
         token_clear(token);
@@ -567,30 +584,34 @@ cv_status_t cv_reset(cv_var_t *var, cv_token_t *token)
     void *old_value = token->cv_private_old_value, *replaced = NULL;
     bool had_value = false;
     /* A removal may drop the last reference to var, whose creator may have
-     * released it: var is read after the update only where something holds
-     * it (the map, after a restore; the reference below). The handler's
-     * call needs var and the replaced value alive after the map has
-     * dropped them. */
-    bool notify = var->on_change != NULL;
-    bool holds = notify && has_hooks(var);
-    if (notify) {
+     * released it: after the update var is read only where something holds
+     * it (the map, after a restore; the token, if it holds; the reference
+     * taken here for the handler's call, which also needs the replaced
+     * value alive after the map has dropped it). */
+    cv_change_handler_t on_change = var->on_change;
+    bool holds = on_change && has_hooks(var);
+    if (on_change) {
         cvi_var_ref(var);
         had_value = cvi_hamt_find(cvi_context_owned_root(ctx), var, var->head.hash, &replaced);
     }
     if (holds)
         token_hold(var, had_value, replaced);
     uint64_t view;
-    bool ok = update(ctx, var, !restore, old_value, &replaced, &had_value, &view);
-    if (ok && restore)
+    if (!update_var(ctx, var, !restore, old_value, &replaced, &had_value, &view)) {
+        if (holds)
+            token_unhold(var, had_value, replaced);
+        if (on_change)
+            cvi_var_unref(var);
+        return CV_ENOMEM;
+    }
+    if (restore)
         cache_store(var, old_value, view);
-    if (ok && notify)
+    if (on_change)
         cvi_change_notify(var, CV_CHANGE_RESET, had_value, replaced, restore, old_value);
     if (holds)
         token_unhold(var, had_value, replaced);
-    if (notify)
+    if (on_change)
         cvi_var_unref(var);
-    if (!ok)
-        return CV_ENOMEM;
     token_spend(token);
     return CV_OK;
 }
