@@ -452,37 +452,37 @@ __attribute__((always_inline)) static inline bool update(cv_context_t *ctx, cv_v
 {
     cvi_hamt_node *root = cvi_context_owned_root(ctx);
     const cvi_hamt_ops *ops = var->update_ops;
-    uint64_t label = CVI_EMPTY_MAP_LABEL;
-    bool ok;
+    uint64_t label;
     if (cvi_context_begin_write(ctx)) {
-        ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, ops)
-                    : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, ops, old_value,
-                                              had_old);
+        bool ok = remove ? cvi_hamt_without_in_place(&root, var, var->head.hash, ops)
+                         : cvi_hamt_assoc_in_place(&root, var, var->head.hash, value, ops,
+                                                   old_value, had_old);
         /* The root may be the same node with other contents: a new label
          * all the same, before end_write publishes it. */
+        label = CVI_EMPTY_MAP_LABEL;
         if (ok && root) {
             label = cvi_thread_next_id();
             cvi_hamt_set_label(root, label);
         }
         cvi_context_end_write(ctx, root);
+        if (!ok)
+            return false;
     } else {
         cvi_hamt_node *new_root;
-        ok = remove ? cvi_hamt_without(root, var, var->head.hash, ops, &new_root)
-                    : cvi_hamt_assoc(root, var, var->head.hash, value, ops, &new_root, old_value,
-                                     had_old);
-        if (ok) {
-            /* An unchanged root keeps its label (and may be shared). */
-            if (new_root && new_root != root) {
-                label = cvi_thread_next_id();
-                cvi_hamt_set_label(new_root, label);
-            } else {
-                label = cvi_map_label(new_root);
-            }
-            cvi_context_publish(ctx, new_root);
+        bool ok = remove ? cvi_hamt_without(root, var, var->head.hash, ops, &new_root)
+                         : cvi_hamt_assoc(root, var, var->head.hash, value, ops, &new_root,
+                                          old_value, had_old);
+        if (!ok)
+            return false;
+        /* An unchanged root keeps its label (and may be shared). */
+        if (new_root && new_root != root) {
+            label = cvi_thread_next_id();
+            cvi_hamt_set_label(new_root, label);
+        } else {
+            label = cvi_map_label(new_root);
         }
+        cvi_context_publish(ctx, new_root);
     }
-    if (!ok)
-        return false;
     cvi_thread_view(label);
     *view = label;
     return true;
