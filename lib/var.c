@@ -146,15 +146,25 @@ static void call_or_defer_value_hook(cv_var_t *var, void (*hook)(void *value), v
     call_value_hook(hook, value);
 }
 
-/* The calls kept while the update ran, in their order: a retain before
- * the release of the value it replaced. */
-static void call_deferred_value_hooks(struct cvi_thread *thread)
+/* The calls kept while the update ran, in their order (a retain before
+ * the release of the value it replaced), but for one retain of
+ * `pre_retained` (not NULL): the caller made that call before the update,
+ * and gives it back if the update made none. */
+static void call_deferred_value_hooks(struct cvi_thread *thread, cv_var_t *var, void *pre_retained)
 {
     thread->hooks_deferred_for = NULL;
     uint32_t count = thread->deferred_hook_count;
     thread->deferred_hook_count = 0;
-    for (uint32_t i = 0; i < count; i++)
-        call_value_hook(thread->deferred_hooks[i].hook, thread->deferred_hooks[i].value);
+    for (uint32_t i = 0; i < count; i++) {
+        struct cvi_deferred_hook call = thread->deferred_hooks[i];
+        if (pre_retained && call.hook == var->retain && call.value == pre_retained) {
+            pre_retained = NULL;
+            continue;
+        }
+        call_value_hook(call.hook, call.value);
+    }
+    if (pre_retained)
+        call_value_hook(var->release, pre_retained);
 }
 
 /* The value's half: an update in place changes only the value. */
@@ -497,9 +507,16 @@ __attribute__((noinline)) static bool update_deferring_hooks(cv_context_t *ctx, 
                                                              uint64_t *view)
 {
     struct cvi_thread *thread = &cvi_thread_state;
+    /* The new value's retain comes first, as it would inside the update:
+     * a thread that copies the context as soon as the update shows must
+     * find the value retained. Without a release hook there is nothing to
+     * give back, and the retain waits with the others. */
+    void *pre_retained = !remove && var->retain && var->release ? value : NULL;
+    if (pre_retained)
+        call_value_hook(var->retain, pre_retained);
     thread->hooks_deferred_for = var;
     bool ok = update(ctx, var, remove, value, old_value, had_old, view);
-    call_deferred_value_hooks(thread);
+    call_deferred_value_hooks(thread, var, pre_retained);
     return ok;
 }
 
