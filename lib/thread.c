@@ -182,10 +182,14 @@ static void *start_with_inherited_context(void *arg)
     struct thread_start boot = *(struct thread_start *)arg;
     cvi_free(arg, sizeof(boot));
     struct cvi_thread *thread = &cvi_thread_state;
-    /* If the exit hook cannot be armed (pthread_setspecific out of memory),
-     * the thread still runs in its context; only its cleanup is lost. */
-    arm_exit_hook(thread);
-    install_base(thread, boot.inherited);
+    /* Without an exit hook (pthread_setspecific out of memory) the thread
+     * could neither clean up nor be waited for by whoever unregisters a
+     * callback it runs: it goes without the library, whose calls then
+     * report memory short, as they would on a plain thread. */
+    if (arm_exit_hook(thread))
+        install_base(thread, boot.inherited);
+    else
+        cv_context_release(boot.inherited);
     return boot.start(boot.arg);
 }
 
