@@ -292,24 +292,29 @@ static void create_thread_exit_key(void)
         abort();
 }
 
-/* False if the thread's exit cannot be hooked (no memory for the key's
- * value): then it stays out of the registry, whose entries must not
- * outlive their threads. */
-static bool register_thread(struct pending *pending)
+/* Links the calling thread's `pending` into the registry, under
+ * registry_lock. False if its exit cannot be hooked (no memory for the
+ * key's value): the registry's entries must not outlive their threads. */
+static bool link_thread(struct pending *pending)
 {
     pthread_once(&thread_exit_key_once, create_thread_exit_key);
-    pthread_mutex_lock(&registry_lock);
+    if (pthread_setspecific(thread_exit_key, pending) != 0)
+        return false;
     pending->prev = NULL;
     pending->next = registry;
     if (registry)
         registry->prev = pending;
     registry = pending;
-    pthread_mutex_unlock(&registry_lock);
     pending->registered = true;
-    if (pthread_setspecific(thread_exit_key, pending) == 0)
-        return true;
-    unlink_thread(pending);
-    return false;
+    return true;
+}
+
+static bool register_thread(struct pending *pending)
+{
+    pthread_mutex_lock(&registry_lock);
+    bool linked = link_thread(pending);
+    pthread_mutex_unlock(&registry_lock);
+    return linked;
 }
 
 void cvi_retire(void *obj, void (*dispose)(void *obj))
@@ -377,6 +382,11 @@ static void append(struct chain *chain, void *list)
     chain->tail = tail;
 }
 
+/* Lists taken before a fork and not yet adopted by a thread (see fork
+ * below), under registry_lock. */
+static struct chain fork_chains[BARRIER_CHAINS];
+static unsigned fork_chains_used;
+
 /*
  * Takes every thread's pending list under the registry lock but hands them
  * to call_rcu only after dropping it: call_rcu may take liburcu's
@@ -399,6 +409,16 @@ static void flush_every_thread(void)
             if (list)
                 append(chain, list);
             again |= !chain;
+        }
+        /* What a fork could not give a thread's list (see fork below). */
+        for (unsigned i = 0; i < fork_chains_used; i++) {
+            struct chain *left = &fork_chains[i];
+            struct chain *chain = left->head ? chain_for(chains, &used, left->dispose) : NULL;
+            if (chain) {
+                append(chain, left->head);
+                left->head = left->tail = NULL;
+            }
+            again |= left->head != NULL;
         }
         pthread_mutex_unlock(&registry_lock);
         for (unsigned i = 0; i < used; i++)
@@ -445,31 +465,51 @@ void cvi_reclaim_barrier(void)
  * may unmap them or give them to the child's next threads, which zero
  * them (seen here: a new thread's entry at the address of a parent
  * thread's, still linked, and the registry a cycle). So nothing of theirs
- * may be read in the child. Their lists are taken before the fork, into
- * chains that both processes hand to call_rcu once it runs again: the
- * parent early, the child for threads it no longer has.
+ * may be read in the child. Their lists are taken before the fork, and on
+ * both sides the forking thread's own list adopts them: no call_rcu inside
+ * a fork handler, where liburcu may start its worker thread (under
+ * ThreadSanitizer, whose locks are held there, that hangs the child). A
+ * list with another dispose function than the forking thread's waits in
+ * fork_chains for the next barrier.
  */
-static struct chain fork_chains[BARRIER_CHAINS];
-static unsigned fork_chains_used;
-
-static void hand_over_fork_chains(void)
+/* Under registry_lock. */
+static void adopt_fork_chains(void)
 {
+    struct pending *self = &thread_pending;
+    bool any = false;
     for (unsigned i = 0; i < fork_chains_used; i++)
-        if (fork_chains[i].head)
-            submit(fork_chains[i].head, fork_chains[i].dispose);
-    fork_chains_used = 0;
+        any |= fork_chains[i].head != NULL;
+    if (!any)
+        return;
+    if (!self->registered && !link_thread(self))
+        return;
+    for (unsigned i = 0; i < fork_chains_used; i++) {
+        struct chain *chain = &fork_chains[i];
+        /* Relaxed, all three: only this thread pushes to its list, and no
+         * barrier can take it while the registry is held. */
+        void *head = atomic_load_explicit(&self->head, memory_order_relaxed);
+        if (!chain->head ||
+            (head && atomic_load_explicit(&self->dispose, memory_order_relaxed) != chain->dispose))
+            continue;
+        *(void **)chain->tail = head;
+        atomic_store_explicit(&self->dispose, chain->dispose, memory_order_relaxed);
+        atomic_store_explicit(&self->head, chain->head, memory_order_relaxed);
+        chain->head = chain->tail = NULL;
+    }
+    /* Handed over at the thread's next retirement. */
+    atomic_store_explicit(&self->count, BATCH_SIZE - 1, memory_order_relaxed);
 }
 
 void cvi_reclaim_before_fork(void)
 {
     urcu_bp_call_rcu_before_fork();
     pthread_mutex_lock(&registry_lock);
-    /* A list beyond the chains stays with its thread: in the child, only
-     * its nodes' memory is lost. */
     for (struct pending *pending = registry; pending; pending = pending->next) {
         struct chain *chain =
             chain_for(fork_chains, &fork_chains_used,
                       atomic_load_explicit(&pending->dispose, memory_order_relaxed));
+        /* A list beyond the chains stays with its thread: in the child,
+         * only its nodes' memory is lost. */
         void *list = chain ? take(pending) : NULL;
         if (list)
             append(chain, list);
@@ -480,9 +520,9 @@ void cvi_reclaim_before_fork(void)
 void cvi_reclaim_after_fork_parent(void)
 {
     urcu_bp_after_fork_parent();
+    adopt_fork_chains();
     pthread_mutex_unlock(&registry_lock);
     urcu_bp_call_rcu_after_fork_parent();
-    hand_over_fork_chains();
 }
 
 void cvi_reclaim_after_fork_child(void)
@@ -500,7 +540,7 @@ void cvi_reclaim_after_fork_child(void)
     /* Lists that the parent's other threads had in hand are lost with
      * them: a barrier here must not wait for their hand-over. */
     atomic_store_explicit(&lists_in_hand, 0, memory_order_relaxed);
+    adopt_fork_chains();
     pthread_mutex_unlock(&registry_lock);
     urcu_bp_call_rcu_after_fork_child();
-    hand_over_fork_chains();
 }
