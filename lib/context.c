@@ -134,6 +134,19 @@ __attribute__((noinline)) void cvi_node_release(cvi_hamt_node *node)
         release_on_count(node);
 }
 
+void cvi_node_drop_unlinked(cvi_hamt_node *node)
+{
+    if (__builtin_expect(cvi_spread_attached(node), 0) && cvi_spread_release_node(node))
+        return;
+    /* The node is shared (an update in place copies it instead of changing
+     * it): only another holder's concurrent release can leave this one the
+     * last, and then the node may still be the context's root until the
+     * update ends. Disposing of it here would call release hooks, which may
+     * copy that root; after a grace period nothing can. */
+    if (cvi_hamt_release(node))
+        cvi_retire(node, dispose_node);
+}
+
 void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)
 {
     cvi_hamt_node *old_root = cvi_context_owned_root(ctx);

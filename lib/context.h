@@ -212,6 +212,10 @@ void cvi_context_leave(cv_context_t *ctx);
  * period if a reader without a reference may still be walking it. */
 void cvi_node_release(cvi_hamt_node *node);
 
+/* Drops a reference to a node that an update in place has unlinked (the
+ * map's drop_node): a last reference retires it, never frees it at once. */
+void cvi_node_drop_unlinked(cvi_hamt_node *node);
+
 void cvi_context_drop_spread_map(cv_context_t *ctx);
 
 /* Drops the map of a context whose last reference the caller holds, with

@@ -196,13 +196,13 @@ static void entry_release(void *key, void *value)
 }
 
 const cvi_hamt_ops cvi_var_entry_ops = {
-    entry_hash, entry_retain, entry_release, value_retain, value_release, cvi_node_release,
+    entry_hash, entry_retain, entry_release, value_retain, value_release, cvi_node_drop_unlinked,
 };
 
 /* For updates of a variable without hooks: its value changes hands with
  * no call (the map calls the value hooks for the updated key alone). */
 static const cvi_hamt_ops entry_ops_without_value_hooks = {
-    entry_hash, entry_retain, entry_release, NULL, NULL, cvi_node_release,
+    entry_hash, entry_retain, entry_release, NULL, NULL, cvi_node_drop_unlinked,
 };
 
 /* -------------------------------------------------------------- variables */
