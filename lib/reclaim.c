@@ -317,6 +317,24 @@ static bool register_thread(struct pending *pending)
     return linked;
 }
 
+/* Hands over the list and gives it another dispose function. Under the
+ * registry lock, as a barrier reads the function and takes the list: it
+ * must never pair a list with the function of the other. */
+static void switch_dispose(struct pending *pending, dispose_fn dispose)
+{
+    /* Relaxed: the lock publishes it to a barrier that finds the list
+     * taken. */
+    atomic_fetch_add_explicit(&lists_in_hand, 1, memory_order_relaxed);
+    pthread_mutex_lock(&registry_lock);
+    void *list = take(pending);
+    dispose_fn previous = atomic_load_explicit(&pending->dispose, memory_order_relaxed);
+    atomic_store_explicit(&pending->dispose, dispose, memory_order_relaxed);
+    pthread_mutex_unlock(&registry_lock);
+    submit(list, previous);
+    /* Release: as in flush. */
+    atomic_fetch_sub_explicit(&lists_in_hand, 1, memory_order_release);
+}
+
 void cvi_retire(void *obj, void (*dispose)(void *obj))
 {
     struct pending *pending = &thread_pending;
@@ -327,11 +345,8 @@ void cvi_retire(void *obj, void (*dispose)(void *obj))
         submit(obj, dispose);
         return;
     }
-    if (atomic_load_explicit(&pending->dispose, memory_order_relaxed) != dispose) {
-        flush(pending);
-        /* Relaxed: the release push below publishes it to a barrier. */
-        atomic_store_explicit(&pending->dispose, dispose, memory_order_relaxed);
-    }
+    if (atomic_load_explicit(&pending->dispose, memory_order_relaxed) != dispose)
+        switch_dispose(pending, dispose);
     void *head = atomic_load_explicit(&pending->head, memory_order_relaxed);
     do {
         *(void **)obj = head;
