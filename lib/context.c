@@ -478,6 +478,10 @@ __attribute__((noinline)) void cvi_context_drop_spread_map(cv_context_t *ctx)
         cvi_spread_end(spread);
     if (!ctx->root_spread || !cvi_spread_release(ctx->root_spread))
         cvi_node_release(cvi_context_owned_root(ctx));
+    /* The spread goes with the root: a context kept for reuse (a task's)
+     * must not end it again. Relaxed: nobody else holds ctx. */
+    atomic_store_explicit(&ctx->spread_for_copies, NULL, memory_order_relaxed);
+    ctx->root_spread = NULL;
 }
 
 void cv_context_release(cv_context_t *ctx)

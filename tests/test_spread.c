@@ -433,35 +433,55 @@ static void copy_and_let_go(void)
     cv_context_release(ctx);
 }
 
-/* The task's context object is reused for the thread's next task; the
+struct task_thread {
+    struct tracked *value;
+    bool run_another; /* reuse the task context once more before exiting */
+    cv_status_t first, second;
+    int copies;
+};
+
+/* Runs a task that hands its context out and, in the pause after the run,
+ * sees it copied and let go, on a thread of its own that then exits. */
+static void *task_thread_main(void *arg)
+{
+    struct task_thread *t = arg;
+    cv_context_t *base = cv_context_new();
+    cv_task_t task;
+    if (!base || cv_context_enter(base) != CV_OK || cv_set(x, t->value, NULL) != CV_OK ||
+        cv_task_init(&task, hand_out_own_context, NULL) != CV_OK)
+        return NULL;
+    cv_context_exit(base);
+    cv_context_release(base);
+    copies_in_pause = 0;
+    cv_testing_pause_after_task(copy_and_let_go);
+    t->first = cv_task_run(&task);
+    cv_testing_pause_after_task(NULL);
+    t->copies = copies_in_pause;
+    if (t->run_another && cv_task_init(&task, do_nothing, NULL) == CV_OK)
+        t->second = cv_task_run(&task);
+    return NULL;
+}
+
+/* The task's context object is kept for the thread's next task; the
  * spread that a copy hung on it must end with its map, or the map's count
- * stays up and its values are never released. */
+ * stays up and its values are never released, and end only once, whether
+ * the next task reuses the object or the thread's exit frees it. */
 static void test_task_context_copied_after_its_run(void **state)
 {
     (void)state;
-    cv_task_t task;
-    /* The thread's task context, made for good by its first task. */
-    assert_int_equal(cv_task_init(&task, do_nothing, NULL), CV_OK);
-    assert_int_equal(cv_task_run(&task), CV_OK);
-    long baseline = settled_bytes();
-    struct tracked v;
-    tracked_init(&v);
-    cv_context_t *base = base_with(&v);
-    assert_int_equal(cv_context_enter(base), CV_OK);
-    assert_int_equal(cv_task_init(&task, hand_out_own_context, NULL), CV_OK);
-    assert_int_equal(cv_context_exit(base), CV_OK);
-    cv_context_release(base);
-
-    copies_in_pause = 0;
-    cv_testing_pause_after_task(copy_and_let_go);
-    cv_status_t status = cv_task_run(&task);
-    cv_testing_pause_after_task(NULL);
-    assert_int_equal(status, CV_OK);
-    assert_int_equal(copies_in_pause, 1);
-
-    assert_int_equal(cv_task_init(&task, do_nothing, NULL), CV_OK);
-    assert_int_equal(cv_task_run(&task), CV_OK);
-    assert_all_gone(&v, 1, baseline);
+    for (int run_another = 0; run_another < 2; run_another++) {
+        long baseline = settled_bytes();
+        struct tracked v;
+        tracked_init(&v);
+        struct task_thread t = {.value = &v, .run_another = run_another, .second = CV_OK};
+        pthread_t thread;
+        assert_int_equal(pthread_create(&thread, NULL, task_thread_main, &t), 0);
+        assert_int_equal(pthread_join(thread, NULL), 0);
+        assert_int_equal(t.first, CV_OK);
+        assert_int_equal(t.second, CV_OK);
+        assert_int_equal(t.copies, 1);
+        assert_all_gone(&v, 1, baseline);
+    }
 }
 
 int main(void)
