@@ -457,6 +457,8 @@ static void *task_thread_main(void *arg)
     t->first = cv_task_run(&task);
     cv_testing_pause_after_task(NULL);
     t->copies = copies_in_pause;
+    /* The map and its spread disposed of while the context is kept. */
+    cv_reclaim_barrier();
     if (t->run_another && cv_task_init(&task, do_nothing, NULL) == CV_OK)
         t->second = cv_task_run(&task);
     return NULL;
