@@ -94,6 +94,7 @@ static void on_thread_exit(void *arg)
     thread->stack_capacity = 0;
     thread->run_floor = 0;
     cvi_var_cache_thread_exit();
+    cvi_var_hooks_thread_exit(thread);
     /* Cleared: a thread that exits from inside an update in place (a
      * release hook calling pthread_exit) has abandoned it, and fork(),
      * which holds the registry while it waits, must not wait for it.

@@ -11,9 +11,9 @@
 #include <stdint.h>
 
 #define CVI_INLINE_STACK 8
-/* An update in place retains the new value and releases the old one; the
- * rest is room for a path copied on the way (its old and new values). */
-#define CVI_DEFERRED_HOOKS 4
+/* An update in place keeps a retain and a release of its own variable, a
+ * merge two more; a shared node copied on the way one per entry. */
+#define CVI_DEFERRED_INLINE 8
 
 /* The lookup cache and its version live apart, in cv_private_lookup_state
  * (ctxvars.h), where the header's inline get reads them. */
@@ -37,15 +37,17 @@ struct cvi_thread {
      * as the change that called them is not finished. One word, so that
      * switches and writes check it with one load. */
     uint32_t changes_refused;
-    /* While the thread updates a map in place for a variable with hooks:
-     * that variable, and the calls of its hooks that the update made, made
-     * once the map is whole again (var.c). */
-    cv_var_t *hooks_deferred_for;
-    uint32_t deferred_hook_count;
+    /* Calls of retain/release hooks that an update in place made: they
+     * wait until the map is whole again (var.c), in the inline array or,
+     * past it, in a block allocated until they are made. The new value's
+     * retain, made before the update, is skipped once. */
     struct cvi_deferred_hook {
         void (*hook)(void *value);
         void *value;
-    } deferred_hooks[CVI_DEFERRED_HOOKS];
+    } * deferred_hooks, deferred_inline[CVI_DEFERRED_INLINE];
+    uint32_t deferred_hook_count, deferred_hook_capacity;
+    void (*pre_retain_hook)(void *value);
+    void *pre_retained;
     uint32_t flow_suppressed;   /* nesting depth of cv_flow_suppress */
     cv_context_t *task_context; /* reused by cv_task_run (task.c) */
     struct cvi_thread *registry_prev, *registry_next;

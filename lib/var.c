@@ -131,40 +131,74 @@ static void call_value_hook(void (*hook)(void *value), void *value)
     thread->changes_refused--;
 }
 
-/* The same, or kept for later while the thread updates a map in place for
- * `var`: the map is half changed then, and a hook that copied or iterated
- * the context would take a reference to a node that the update is about
- * to free. */
-static void call_or_defer_value_hook(cv_var_t *var, void (*hook)(void *value), void *value)
+/* Gives back a block that deferred calls outgrew the inline array into. */
+static void free_deferred_block(struct cvi_thread *thread)
+{
+    if (!thread->deferred_hooks || thread->deferred_hooks == thread->deferred_inline)
+        return;
+    cvi_free(thread->deferred_hooks,
+             thread->deferred_hook_capacity * sizeof(*thread->deferred_hooks));
+    thread->deferred_hooks = thread->deferred_inline;
+    thread->deferred_hook_capacity = CVI_DEFERRED_INLINE;
+}
+
+/* Keeps a hook's call for later; false if memory is short for it. */
+static bool defer_value_hook(struct cvi_thread *thread, void (*hook)(void *value), void *value)
+{
+    if (!thread->deferred_hook_capacity) {
+        thread->deferred_hooks = thread->deferred_inline;
+        thread->deferred_hook_capacity = CVI_DEFERRED_INLINE;
+    }
+    if (thread->deferred_hook_count == thread->deferred_hook_capacity) {
+        uint32_t capacity = thread->deferred_hook_capacity * 2;
+        struct cvi_deferred_hook *grown = cvi_alloc(capacity * sizeof(*grown));
+        if (!grown)
+            return false;
+        memcpy(grown, thread->deferred_hooks, thread->deferred_hook_count * sizeof(*grown));
+        free_deferred_block(thread);
+        thread->deferred_hooks = grown;
+        thread->deferred_hook_capacity = capacity;
+    }
+    thread->deferred_hooks[thread->deferred_hook_count++] = (struct cvi_deferred_hook){hook, value};
+    return true;
+}
+
+/* Calls a hook, or keeps the call for later while the thread updates a map
+ * in place: the map is half changed then, and a hook that copied or
+ * iterated the context would hold nodes that the update goes on changing
+ * or frees. (Only if memory is short for the list is the call made at
+ * once.) */
+static void call_or_defer_value_hook(void (*hook)(void *value), void *value)
 {
     struct cvi_thread *thread = &cvi_thread_state;
-    if (var == thread->hooks_deferred_for && thread->deferred_hook_count < CVI_DEFERRED_HOOKS) {
-        thread->deferred_hooks[thread->deferred_hook_count++] =
-            (struct cvi_deferred_hook){hook, value};
+    /* Relaxed: only this thread writes its own flag. */
+    if (atomic_load_explicit(&thread->updating_in_place, memory_order_relaxed) &&
+        defer_value_hook(thread, hook, value))
         return;
-    }
     call_value_hook(hook, value);
 }
 
-/* The calls kept while the update ran, in their order (a retain before
- * the release of the value it replaced), but for one retain of
- * `pre_retained` (not NULL): the caller made that call before the update,
- * and gives it back if the update made none. */
-static void call_deferred_value_hooks(struct cvi_thread *thread, cv_var_t *var, void *pre_retained)
+/* The calls kept while an update ran, in their order (a retain before the
+ * release of the value it replaced), once the map is whole and the thread
+ * reads it; but for one retain that the caller made before the update
+ * (pre_retain_hook). Hooks cannot update, so none is kept meanwhile. */
+static void call_deferred_value_hooks(struct cvi_thread *thread)
 {
-    thread->hooks_deferred_for = NULL;
-    uint32_t count = thread->deferred_hook_count;
-    thread->deferred_hook_count = 0;
-    for (uint32_t i = 0; i < count; i++) {
+    for (uint32_t i = 0; i < thread->deferred_hook_count; i++) {
         struct cvi_deferred_hook call = thread->deferred_hooks[i];
-        if (pre_retained && call.hook == var->retain && call.value == pre_retained) {
-            pre_retained = NULL;
+        if (call.hook == thread->pre_retain_hook && call.value == thread->pre_retained) {
+            thread->pre_retain_hook = NULL;
             continue;
         }
         call_value_hook(call.hook, call.value);
     }
-    if (pre_retained)
-        call_value_hook(var->release, pre_retained);
+    thread->deferred_hook_count = 0;
+    free_deferred_block(thread);
+}
+
+void cvi_var_hooks_thread_exit(struct cvi_thread *thread)
+{
+    free_deferred_block(thread);
 }
 
 /* The value's half: an update in place changes only the value. */
@@ -172,14 +206,14 @@ static void value_retain(void *key, void *value)
 {
     cv_var_t *var = key;
     if (var->retain)
-        call_or_defer_value_hook(var, var->retain, value);
+        call_or_defer_value_hook(var->retain, value);
 }
 
 static void value_release(void *key, void *value)
 {
     cv_var_t *var = key;
     if (var->release)
-        call_or_defer_value_hook(var, var->release, value);
+        call_or_defer_value_hook(var->release, value);
 }
 
 /* A whole entry also holds its variable. */
@@ -475,8 +509,11 @@ __attribute__((always_inline)) static inline bool update(cv_context_t *ctx, cv_v
             cvi_hamt_set_label(root, label);
         }
         cvi_context_end_write(ctx, root);
-        if (!ok)
+        if (!ok) {
+            if (__builtin_expect(cvi_thread_state.deferred_hook_count != 0, 0))
+                call_deferred_value_hooks(&cvi_thread_state);
             return false;
+        }
     } else {
         cvi_hamt_node *new_root;
         bool ok = remove ? cvi_hamt_without(root, var, var->head.hash, ops, &new_root)
@@ -494,29 +531,37 @@ __attribute__((always_inline)) static inline bool update(cv_context_t *ctx, cv_v
         cvi_context_publish(ctx, new_root);
     }
     cvi_thread_view(label);
+    /* Once the map is whole and the thread reads it. */
+    if (__builtin_expect(cvi_thread_state.deferred_hook_count != 0, 0))
+        call_deferred_value_hooks(&cvi_thread_state);
     *view = label;
     return true;
 }
 
-/* update() for a variable with retain/release hooks: its hooks' calls wait
- * until the map is whole and the thread reads it. Out of line: the common
- * variable has no hooks. */
+/* update() for a variable with retain/release hooks. The new value's
+ * retain comes first, as it would inside the update: a thread that copies
+ * the context as soon as the update shows must find the value retained.
+ * The update's own retain of it is then skipped, or, if the update made
+ * none, this one given back. Without a release hook there is nothing to
+ * give back, and the retain waits with the others. Out of line: the
+ * common variable has no hooks. */
 __attribute__((noinline)) static bool update_deferring_hooks(cv_context_t *ctx, cv_var_t *var,
                                                              bool remove, void *value,
                                                              void **old_value, bool *had_old,
                                                              uint64_t *view)
 {
     struct cvi_thread *thread = &cvi_thread_state;
-    /* The new value's retain comes first, as it would inside the update:
-     * a thread that copies the context as soon as the update shows must
-     * find the value retained. Without a release hook there is nothing to
-     * give back, and the retain waits with the others. */
-    void *pre_retained = !remove && var->retain && var->release ? value : NULL;
-    if (pre_retained)
-        call_value_hook(var->retain, pre_retained);
-    thread->hooks_deferred_for = var;
+    bool pre_retain = !remove && var->retain && var->release;
+    if (pre_retain) {
+        call_value_hook(var->retain, value);
+        thread->pre_retain_hook = var->retain;
+        thread->pre_retained = value;
+    }
     bool ok = update(ctx, var, remove, value, old_value, had_old, view);
-    call_deferred_value_hooks(thread, var, pre_retained);
+    if (pre_retain && thread->pre_retain_hook) {
+        thread->pre_retain_hook = NULL;
+        call_value_hook(var->release, value);
+    }
     return ok;
 }
 

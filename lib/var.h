@@ -54,6 +54,9 @@ void cvi_var_unref(cv_var_t *var);
  * and unmaps it at its exit. */
 void cvi_var_cache_thread_start(void);
 void cvi_var_cache_thread_exit(void);
+/* Frees the thread's list of deferred hook calls. */
+struct cvi_thread;
+void cvi_var_hooks_thread_exit(struct cvi_thread *thread);
 
 /* fork() handlers for the slot allocator's lock. */
 void cvi_var_before_fork(void);

@@ -953,14 +953,15 @@ static void test_hooks_may_not_change_contexts(void **state)
 }
 
 /* Copies, iterations and comparisons that hooks took of the current
- * context while a set or reset changed it. */
-#define HOOK_COPIES 256
+ * context while a set or reset changed it, and iterators they left open. */
+#define HOOK_COPIES 512
 static struct {
     bool armed;
     int count;
     cv_context_t *copies[HOOK_COPIES];
-    size_t iterated[HOOK_COPIES];
+    size_t len[HOOK_COPIES], iterated[HOOK_COPIES];
     bool equal[HOOK_COPIES];
+    cv_context_iter_t open[HOOK_COPIES];
 } hook_reads;
 
 static void copy_current(void *value)
@@ -971,6 +972,7 @@ static void copy_current(void *value)
     int i = hook_reads.count++;
     cv_context_t *current = cv_context_current();
     hook_reads.copies[i] = cv_copy_context();
+    hook_reads.len[i] = cv_context_len(hook_reads.copies[i]);
     cv_context_iter_t it;
     cv_context_iter_init(&it, current);
     size_t n = 0;
@@ -979,44 +981,65 @@ static void copy_current(void *value)
     cv_context_iter_fini(&it);
     hook_reads.iterated[i] = n;
     hook_reads.equal[i] = cv_context_equal(current, hook_reads.copies[i]);
+    cv_context_iter_init(&hook_reads.open[i], current);
 }
 
-/* A hook may read and copy the context it is called from, at any point of
- * a change: a copy holds a whole map (the one before the change or the one
- * after), never nodes that the change frees. Inserts grow nodes, removals
- * empty them, replacements swap values. */
+/* A hook may read and copy the context it is called from, whatever change
+ * called it: a copy holds a whole map, which no later change touches, and
+ * an iterator left open walks it after the change. Inserts grow nodes and
+ * merge pairs, removals empty them, replacements swap values; a copy taken
+ * from outside now and then makes the updates copy shared nodes on their
+ * way. Half of the variables have hooks: the others' updates move and copy
+ * the hooked ones' entries. */
 static void test_hooks_may_copy_the_context_they_change(void **state)
 {
     (void)state;
-    enum { VARS = 48 };
+    enum { VARS = 96 };
     cv_var_t *vars[VARS];
     for (int i = 0; i < VARS; i++) {
-        vars[i] =
-            cv_var_new("copied", &(cv_var_opts_t){.retain = copy_current, .release = copy_current});
+        vars[i] = cv_var_new(
+            "copied",
+            i % 2 ? NULL : &(cv_var_opts_t){.retain = copy_current, .release = copy_current});
         assert_non_null(vars[i]);
     }
     cv_context_t *ctx = cv_context_new();
     assert_int_equal(cv_context_enter(ctx), CV_OK);
     hook_reads.count = 0;
     hook_reads.armed = true;
+    cv_context_t *outside = NULL;
     cv_token_t tokens[VARS];
-    for (int i = 0; i < VARS; i++)
+    for (int i = 0; i < VARS; i++) {
         assert_int_equal(cv_set(vars[i], value_a, &tokens[i]), CV_OK);
-    for (int i = 0; i < VARS; i += 2)
+        if (i % 8 == 0) {
+            cv_context_release(outside);
+            outside = cv_copy_context();
+        }
+    }
+    for (int i = 0; i < VARS; i += 3)
         assert_int_equal(cv_set(vars[i], value_b, NULL), CV_OK);
-    for (int i = VARS - 1; i >= 0; i--)
+    for (int i = VARS - 1; i >= 0; i--) {
         if (i % 2)
             assert_int_equal(cv_reset(vars[i], &tokens[i]), CV_OK);
         else
             cv_token_discard(&tokens[i]);
+        if (i % 8 == 0) {
+            cv_context_release(outside);
+            outside = cv_copy_context();
+        }
+    }
     hook_reads.armed = false;
-    assert_true(hook_reads.count > VARS);
+    cv_context_release(outside);
+    assert_true(hook_reads.count > VARS / 2);
     for (int i = 0; i < hook_reads.count; i++) {
         assert_non_null(hook_reads.copies[i]);
         assert_true(hook_reads.equal[i]);
-        size_t len = cv_context_len(hook_reads.copies[i]);
-        assert_int_equal(hook_reads.iterated[i], len);
-        assert_true(len <= VARS);
+        assert_int_equal(hook_reads.iterated[i], hook_reads.len[i]);
+        assert_int_equal(cv_context_len(hook_reads.copies[i]), hook_reads.len[i]);
+        size_t n = 0;
+        while (cv_context_iter_next(&hook_reads.open[i], NULL, NULL))
+            n++;
+        cv_context_iter_fini(&hook_reads.open[i]);
+        assert_int_equal(n, hook_reads.len[i]);
         cv_context_release(hook_reads.copies[i]);
     }
     assert_int_equal(cv_context_len(ctx), VARS / 2);
