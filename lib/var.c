@@ -167,8 +167,10 @@ static bool defer_value_hook(struct cvi_thread *thread, void (*hook)(void *value
  * in place: the map is half changed then, and a hook that copied or
  * iterated the context would hold nodes that the update goes on changing
  * or frees. (Only if memory is short for the list is the call made at
- * once.) */
-static void call_or_defer_value_hook(void (*hook)(void *value), void *value)
+ * once.) Out of line, so that a variable without hooks passes through the
+ * map's entry functions without a frame. */
+__attribute__((noinline)) static void call_or_defer_value_hook(void (*hook)(void *value),
+                                                               void *value)
 {
     struct cvi_thread *thread = &cvi_thread_state;
     /* Relaxed: only this thread writes its own flag. */
