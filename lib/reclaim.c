@@ -241,8 +241,27 @@ static void *take(struct pending *pending)
 
 /* Lists that their owners have taken and not yet handed to call_rcu (or
  * disposed of, when reclamation is behind). A barrier cannot take these,
- * so it waits until none is in hand. */
+ * so it waits until none is in hand. Each thread also counts its own: a
+ * fork from a release hook that a flush calls, or an exit from one, must
+ * leave the global count true (see after_fork_child and on_thread_exit). */
 static atomic_long lists_in_hand;
+static __thread long own_lists_in_hand __attribute__((tls_model("initial-exec")));
+
+static void hold_list(void)
+{
+    own_lists_in_hand++;
+    /* Relaxed: take's release (or the registry lock) publishes it to a
+     * barrier that finds the list taken. */
+    atomic_fetch_add_explicit(&lists_in_hand, 1, memory_order_relaxed);
+}
+
+static void hand_over_list(void)
+{
+    own_lists_in_hand--;
+    /* Release: the hand-over happens before a barrier that sees the count
+     * drop waits for the callbacks queued so far. */
+    atomic_fetch_sub_explicit(&lists_in_hand, 1, memory_order_release);
+}
 
 static void (*pause_in_flush_for_testing)(void);
 
@@ -253,16 +272,12 @@ void cv_testing_pause_in_flush(void (*pause)(void))
 
 static void flush(struct pending *pending)
 {
-    /* Relaxed: take's release publishes it to a barrier that finds the
-     * list taken. */
-    atomic_fetch_add_explicit(&lists_in_hand, 1, memory_order_relaxed);
+    hold_list();
     void *list = take(pending);
     if (__builtin_expect(pause_in_flush_for_testing != NULL, 0) && list)
         pause_in_flush_for_testing();
     submit(list, atomic_load_explicit(&pending->dispose, memory_order_relaxed));
-    /* Release: the hand-over happens before a barrier that sees the count
-     * drop waits for the callbacks queued so far. */
-    atomic_fetch_sub_explicit(&lists_in_hand, 1, memory_order_release);
+    hand_over_list();
 }
 
 static void unlink_thread(struct pending *pending)
@@ -283,6 +298,13 @@ static void on_thread_exit(void *arg)
     struct pending *pending = arg;
     flush(pending);
     unlink_thread(pending);
+    /* Lists the thread still holds were abandoned by an exit from inside a
+     * flush (a release hook calling pthread_exit): nobody will hand them
+     * over, and barriers must not wait for them. */
+    if (own_lists_in_hand) {
+        atomic_fetch_sub_explicit(&lists_in_hand, own_lists_in_hand, memory_order_release);
+        own_lists_in_hand = 0;
+    }
 }
 
 static void create_thread_exit_key(void)
@@ -322,17 +344,14 @@ static bool register_thread(struct pending *pending)
  * must never pair a list with the function of the other. */
 static void switch_dispose(struct pending *pending, dispose_fn dispose)
 {
-    /* Relaxed: the lock publishes it to a barrier that finds the list
-     * taken. */
-    atomic_fetch_add_explicit(&lists_in_hand, 1, memory_order_relaxed);
+    hold_list();
     pthread_mutex_lock(&registry_lock);
     void *list = take(pending);
     dispose_fn previous = atomic_load_explicit(&pending->dispose, memory_order_relaxed);
     atomic_store_explicit(&pending->dispose, dispose, memory_order_relaxed);
     pthread_mutex_unlock(&registry_lock);
     submit(list, previous);
-    /* Release: as in flush. */
-    atomic_fetch_sub_explicit(&lists_in_hand, 1, memory_order_release);
+    hand_over_list();
 }
 
 void cvi_retire(void *obj, void (*dispose)(void *obj))
@@ -553,8 +572,9 @@ void cvi_reclaim_after_fork_child(void)
     if (registry)
         self->prev = self->next = NULL;
     /* Lists that the parent's other threads had in hand are lost with
-     * them: a barrier here must not wait for their hand-over. */
-    atomic_store_explicit(&lists_in_hand, 0, memory_order_relaxed);
+     * them: a barrier here waits only for this thread's, which it goes on
+     * handing over (a fork from a release hook that a flush calls). */
+    atomic_store_explicit(&lists_in_hand, own_lists_in_hand, memory_order_relaxed);
     adopt_fork_chains();
     pthread_mutex_unlock(&registry_lock);
     urcu_bp_call_rcu_after_fork_child();

@@ -776,6 +776,57 @@ static void test_child_threads_reuse_dead_threads_lists(void **state)
     assert_int_equal(refs_after, 0);
 }
 
+/* A fork from inside a flush (as from a release hook that a flush's
+ * disposal calls): the child goes on handing over the list it holds, and
+ * a barrier there must neither miss it nor wait for the other threads'. */
+static pthread_t fork_in_flush_thread;
+static pid_t fork_in_flush_child = -1;
+static bool in_fork_in_flush_child;
+
+static void fork_in_flush(void)
+{
+    if (!pthread_equal(pthread_self(), fork_in_flush_thread) || fork_in_flush_child != -1)
+        return;
+    fflush(NULL);
+    fork_in_flush_child = fork();
+    if (fork_in_flush_child == 0) {
+        alarm(5);
+        in_fork_in_flush_child = true;
+    }
+}
+
+static void test_fork_from_inside_a_flush(void **state)
+{
+    (void)state;
+    cv_var_t *var = cv_var_new("flushed", NULL);
+    assert_non_null(var);
+    fork_in_flush_thread = pthread_self();
+    fork_in_flush_child = -1;
+    cv_testing_pause_in_flush(fork_in_flush);
+    /* One retired root each: the thread's batch fills within 128. */
+    for (int i = 0; i < 1000 && fork_in_flush_child == -1; i++)
+        assert_true(retire_root_holding(var, VAL(0x1)));
+    if (in_fork_in_flush_child) {
+        /* The child, out of the flush it forked in: no cmocka here. */
+        cv_testing_pause_in_flush(NULL);
+        cv_reclaim_barrier();
+        cv_reclaim_barrier();
+        _exit(0);
+    }
+    cv_testing_pause_in_flush(NULL);
+    assert_true(fork_in_flush_child > 0);
+    int status;
+    while (waitpid(fork_in_flush_child, &status, 0) < 0)
+        assert_int_equal(errno, EINTR);
+    cv_var_release(var);
+    cv_reclaim_barrier();
+    if (WIFSIGNALED(status))
+        fail_msg("child killed by signal %d (%s)", WTERMSIG(status),
+                 WTERMSIG(status) == SIGALRM ? "its barrier hung" : strsignal(WTERMSIG(status)));
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void)
 {
     struct CMUnitTest tests[] = {
@@ -783,6 +834,7 @@ int main(void)
         cmocka_unit_test(test_fork_amid_activity),
         cmocka_unit_test(test_child_reads_context_of_absent_owner),
         cmocka_unit_test(test_child_threads_reuse_dead_threads_lists),
+        cmocka_unit_test(test_fork_from_inside_a_flush),
     };
     return cv_test_run_selected(GROUP_NAME, tests, sizeof(tests) / sizeof(tests[0]));
 }
