@@ -241,26 +241,37 @@ static void *take(struct pending *pending)
 
 /* Lists that their owners have taken and not yet handed to call_rcu (or
  * disposed of, when reclamation is behind). A barrier cannot take these,
- * so it waits until none is in hand. Each thread also counts its own: a
- * fork from a release hook that a flush calls, or an exit from one, must
- * leave the global count true (see after_fork_child and on_thread_exit). */
-static atomic_long lists_in_hand;
-static __thread long own_lists_in_hand __attribute__((tls_model("initial-exec")));
+ * so it waits until they are handed over: only those counted under the
+ * epoch that it ends after its own takes, so that flushes which begin
+ * while it waits (each may wait a grace period, when reclamation is
+ * behind) cannot hold it off. Each thread also counts its own: a fork from
+ * a release hook that a flush calls, or an exit from one, must leave the
+ * global counts true (see after_fork_child and on_thread_exit). */
+static atomic_uint flush_epoch;
+static atomic_long lists_in_hand[2];
+static __thread long own_lists_in_hand[2] __attribute__((tls_model("initial-exec")));
 
-static void hold_list(void)
+/* Counts a list about to be taken; returns the epoch's parity, for
+ * hand_over_list. */
+static unsigned hold_list(void)
 {
-    own_lists_in_hand++;
+    /* Relaxed: this load comes before the thread's take, which comes
+     * before the take of a barrier that owes the list, which comes before
+     * that barrier's flip; so it reads the epoch that the flip ends. */
+    unsigned parity = atomic_load_explicit(&flush_epoch, memory_order_relaxed) & 1;
+    own_lists_in_hand[parity]++;
     /* Relaxed: take's release (or the registry lock) publishes it to a
      * barrier that finds the list taken. */
-    atomic_fetch_add_explicit(&lists_in_hand, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&lists_in_hand[parity], 1, memory_order_relaxed);
+    return parity;
 }
 
-static void hand_over_list(void)
+static void hand_over_list(unsigned parity)
 {
-    own_lists_in_hand--;
+    own_lists_in_hand[parity]--;
     /* Release: the hand-over happens before a barrier that sees the count
      * drop waits for the callbacks queued so far. */
-    atomic_fetch_sub_explicit(&lists_in_hand, 1, memory_order_release);
+    atomic_fetch_sub_explicit(&lists_in_hand[parity], 1, memory_order_release);
 }
 
 static void (*pause_in_flush_for_testing)(void);
@@ -272,12 +283,12 @@ void cv_testing_pause_in_flush(void (*pause)(void))
 
 static void flush(struct pending *pending)
 {
-    hold_list();
+    unsigned parity = hold_list();
     void *list = take(pending);
     if (__builtin_expect(pause_in_flush_for_testing != NULL, 0) && list)
         pause_in_flush_for_testing();
     submit(list, atomic_load_explicit(&pending->dispose, memory_order_relaxed));
-    hand_over_list();
+    hand_over_list(parity);
 }
 
 static void unlink_thread(struct pending *pending)
@@ -301,9 +312,10 @@ static void on_thread_exit(void *arg)
     /* Lists the thread still holds were abandoned by an exit from inside a
      * flush (a release hook calling pthread_exit): nobody will hand them
      * over, and barriers must not wait for them. */
-    if (own_lists_in_hand) {
-        atomic_fetch_sub_explicit(&lists_in_hand, own_lists_in_hand, memory_order_release);
-        own_lists_in_hand = 0;
+    for (unsigned parity = 0; parity < 2; parity++) {
+        atomic_fetch_sub_explicit(&lists_in_hand[parity], own_lists_in_hand[parity],
+                                  memory_order_release);
+        own_lists_in_hand[parity] = 0;
     }
 }
 
@@ -344,14 +356,14 @@ static bool register_thread(struct pending *pending)
  * must never pair a list with the function of the other. */
 static void switch_dispose(struct pending *pending, dispose_fn dispose)
 {
-    hold_list();
+    unsigned parity = hold_list();
     pthread_mutex_lock(&registry_lock);
     void *list = take(pending);
     dispose_fn previous = atomic_load_explicit(&pending->dispose, memory_order_relaxed);
     atomic_store_explicit(&pending->dispose, dispose, memory_order_relaxed);
     pthread_mutex_unlock(&registry_lock);
     submit(list, previous);
-    hand_over_list();
+    hand_over_list(parity);
 }
 
 void cvi_retire(void *obj, void (*dispose)(void *obj))
@@ -461,6 +473,25 @@ static void flush_every_thread(void)
     } while (again);
 }
 
+/* One barrier at a time flips the epoch and waits: a second one's flip
+ * would send new flushes back to the parity that the first waits on, and
+ * its own wait would skip lists counted under the first's. */
+static pthread_mutex_t epoch_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Waits until the lists that threads took before the caller's own takes
+ * are handed over. */
+static void wait_for_lists_in_hand(void)
+{
+    pthread_mutex_lock(&epoch_lock);
+    /* Relaxed: see hold_list. */
+    unsigned parity = atomic_fetch_add_explicit(&flush_epoch, 1, memory_order_relaxed) & 1;
+    /* Acquire: pairs with hand_over_list's release, so the lists that
+     * other threads had taken are queued before the barrier's callbacks. */
+    while (atomic_load_explicit(&lists_in_hand[parity], memory_order_acquire) != 0)
+        sched_yield();
+    pthread_mutex_unlock(&epoch_lock);
+}
+
 /* Rounds of cascading retirements a barrier follows: a cascade goes one
  * trie level (at most 7) or one context per round. Other threads' new
  * retirements are not waited for: the barrier only owes what came before
@@ -478,10 +509,7 @@ void cvi_reclaim_barrier(void)
          * pairing with the callbacks' release counts). */
         unsigned long before = atomic_load_explicit(&callback_work, memory_order_acquire);
         flush_every_thread();
-        /* Acquire: pairs with flush's release, so the lists that other
-         * threads had taken are queued before the barrier's callbacks. */
-        while (atomic_load_explicit(&lists_in_hand, memory_order_acquire) != 0)
-            sched_yield();
+        wait_for_lists_in_hand();
         urcu_bp_barrier();
         /* Relaxed: urcu_bp_barrier waited for the callbacks that count. */
         if (atomic_load_explicit(&callback_work, memory_order_relaxed) == before)
@@ -574,7 +602,14 @@ void cvi_reclaim_after_fork_child(void)
     /* Lists that the parent's other threads had in hand are lost with
      * them: a barrier here waits only for this thread's, which it goes on
      * handing over (a fork from a release hook that a flush calls). */
-    atomic_store_explicit(&lists_in_hand, own_lists_in_hand, memory_order_relaxed);
+    for (unsigned parity = 0; parity < 2; parity++)
+        atomic_store_explicit(&lists_in_hand[parity], own_lists_in_hand[parity],
+                              memory_order_relaxed);
+    /* A barrier of another thread may have held it, waiting: not fork
+     * preparation's to take, since the list that barrier waits for may be
+     * the forking thread's own (a fork from a release hook). The forking
+     * thread itself never holds it: hooks may not wait for reclamation. */
+    pthread_mutex_init(&epoch_lock, NULL);
     adopt_fork_chains();
     pthread_mutex_unlock(&registry_lock);
     urcu_bp_call_rcu_after_fork_child();
