@@ -134,7 +134,7 @@ __attribute__((noinline)) void cvi_node_release(cvi_hamt_node *node)
         release_on_count(node);
 }
 
-void cvi_node_drop_unlinked(cvi_hamt_node *node)
+static void drop_unlinked(cvi_hamt_node *node)
 {
     if (__builtin_expect(cvi_spread_attached(node), 0) && cvi_spread_release_node(node))
         return;
@@ -145,6 +145,16 @@ void cvi_node_drop_unlinked(cvi_hamt_node *node)
      * copy that root; after a grace period nothing can. */
     if (cvi_hamt_release(node))
         cvi_retire(node, dispose_node);
+}
+
+void cvi_node_drop_unlinked(cvi_hamt_node *node)
+{
+    /* In the middle of an update: a disposal here, if reclamation is
+     * behind, would have its release hooks kept until the update ends, out
+     * of a barrier's sight. */
+    cvi_reclaim_forbid_waiting();
+    drop_unlinked(node);
+    cvi_reclaim_allow_waiting();
 }
 
 void cvi_context_publish(cv_context_t *ctx, cvi_hamt_node *new_root)

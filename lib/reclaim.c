@@ -161,14 +161,27 @@ static void dispose_batch(struct rcu_head *rcu)
     atomic_fetch_sub_explicit(&batches_in_flight, 1, memory_order_relaxed);
 }
 
+static __thread unsigned waiting_forbidden __attribute__((tls_model("initial-exec")));
+
+void cvi_reclaim_forbid_waiting(void)
+{
+    waiting_forbidden++;
+}
+
+void cvi_reclaim_allow_waiting(void)
+{
+    waiting_forbidden--;
+}
+
 static void submit(void *list, dispose_fn dispose)
 {
     if (!list)
         return;
     /* Never from a callback: waiting there for a grace period would wait
      * for the worker that runs it. Relaxed: see batches_in_flight. */
-    bool behind = !in_callback && atomic_load_explicit(&batches_in_flight, memory_order_relaxed) >
-                                      MAX_BATCHES_IN_FLIGHT;
+    bool behind =
+        !in_callback && !waiting_forbidden &&
+        atomic_load_explicit(&batches_in_flight, memory_order_relaxed) > MAX_BATCHES_IN_FLIGHT;
     struct batch *batch = behind ? NULL : cvi_alloc(sizeof(*batch));
     if (!batch) {
         /* Reclamation is behind, or memory is short for the batch header:
@@ -255,15 +268,21 @@ static __thread long own_lists_in_hand[2] __attribute__((tls_model("initial-exec
  * hand_over_list. */
 static unsigned hold_list(void)
 {
-    /* Relaxed: this load comes before the thread's take, which comes
-     * before the take of a barrier that owes the list, which comes before
-     * that barrier's flip; so it reads the epoch that the flip ends. */
-    unsigned parity = atomic_load_explicit(&flush_epoch, memory_order_relaxed) & 1;
-    own_lists_in_hand[parity]++;
-    /* Relaxed: take's release (or the registry lock) publishes it to a
-     * barrier that finds the list taken. */
-    atomic_fetch_add_explicit(&lists_in_hand[parity], 1, memory_order_relaxed);
-    return parity;
+    /* Seq_cst, the three: a Dekker pair with wait_for_lists_in_hand's flip
+     * and load. Either the epoch read again is the one the count went
+     * under, and a barrier that flips after it sees the count, or a flip
+     * came between and the count moves to the new epoch. */
+    for (;;) {
+        unsigned epoch = atomic_load_explicit(&flush_epoch, memory_order_seq_cst);
+        unsigned parity = epoch & 1;
+        atomic_fetch_add_explicit(&lists_in_hand[parity], 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&flush_epoch, memory_order_seq_cst) == epoch) {
+            own_lists_in_hand[parity]++;
+            return parity;
+        }
+        /* Relaxed: no list was taken under it. */
+        atomic_fetch_sub_explicit(&lists_in_hand[parity], 1, memory_order_relaxed);
+    }
 }
 
 static void hand_over_list(unsigned parity)
@@ -483,11 +502,11 @@ static pthread_mutex_t epoch_lock = PTHREAD_MUTEX_INITIALIZER;
 static void wait_for_lists_in_hand(void)
 {
     pthread_mutex_lock(&epoch_lock);
-    /* Relaxed: see hold_list. */
-    unsigned parity = atomic_fetch_add_explicit(&flush_epoch, 1, memory_order_relaxed) & 1;
-    /* Acquire: pairs with hand_over_list's release, so the lists that
-     * other threads had taken are queued before the barrier's callbacks. */
-    while (atomic_load_explicit(&lists_in_hand[parity], memory_order_acquire) != 0)
+    /* Seq_cst, this and the loads: see hold_list. The loads also pair
+     * with hand_over_list's release, so the lists that other threads had
+     * taken are queued before the barrier's callbacks. */
+    unsigned parity = atomic_fetch_add_explicit(&flush_epoch, 1, memory_order_seq_cst) & 1;
+    while (atomic_load_explicit(&lists_in_hand[parity], memory_order_seq_cst) != 0)
         sched_yield();
     pthread_mutex_unlock(&epoch_lock);
 }

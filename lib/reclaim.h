@@ -23,6 +23,13 @@ void cvi_read_unlock(void);
  * section. */
 void cvi_retire(void *obj, void (*dispose)(void *obj));
 
+/* Between these, the calling thread's retirements neither wait for a grace
+ * period nor dispose of anything on the thread, even when reclamation is
+ * behind: for a caller in the middle of a change that a disposal's release
+ * hooks must not see. They nest. */
+void cvi_reclaim_forbid_waiting(void);
+void cvi_reclaim_allow_waiting(void);
+
 /* Calls fn(arg) on some other thread after a grace period, when every
  * read-side section under way now has ended. False if memory is short:
  * nothing is scheduled then. */
