@@ -178,7 +178,8 @@ static void submit(void *list, dispose_fn dispose)
     if (!list)
         return;
     /* Never from a callback: waiting there for a grace period would wait
-     * for the worker that runs it. Relaxed: see batches_in_flight. */
+     * for the worker that runs it; nor where the caller forbids it. Relaxed:
+     * see batches_in_flight. */
     bool behind =
         !in_callback && !waiting_forbidden &&
         atomic_load_explicit(&batches_in_flight, memory_order_relaxed) > MAX_BATCHES_IN_FLIGHT;

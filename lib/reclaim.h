@@ -25,8 +25,9 @@ void cvi_retire(void *obj, void (*dispose)(void *obj));
 
 /* Between these, the calling thread's retirements neither wait for a grace
  * period nor dispose of anything on the thread, even when reclamation is
- * behind: for a caller in the middle of a change that a disposal's release
- * hooks must not see. They nest. */
+ * behind (only when memory is short for a batch's header do they still):
+ * for a caller in the middle of a change that a disposal's release hooks
+ * must not see. They nest. */
 void cvi_reclaim_forbid_waiting(void);
 void cvi_reclaim_allow_waiting(void);
 
