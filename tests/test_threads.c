@@ -1296,6 +1296,28 @@ static void obj_release(void *value)
         atomic_fetch_add(&hook_underflows, 1);
 }
 
+/* Every value's count, and the hooks' own counts, back to zero. */
+static void reset_hook_counts(void)
+{
+    for (int i = 0; i < NOBJ; i++)
+        atomic_init(&objs[i].refs, 0);
+    atomic_store(&hook_underflows, 0);
+    atomic_store(&hook_strangers, 0);
+    atomic_store(&hook_retains, 0);
+}
+
+/* Every reference the hooks counted was dropped, none twice, and no value
+ * they did not know came by. */
+static void assert_hooks_balanced(void)
+{
+    for (int i = 0; i < NOBJ; i++) {
+        if (atomic_load(&objs[i].refs) != 0)
+            fail_msg("value %d still holds %d references", i, atomic_load(&objs[i].refs));
+    }
+    assert_int_equal(atomic_load(&hook_underflows), 0);
+    assert_int_equal(atomic_load(&hook_strangers), 0);
+}
+
 struct hooks_test {
     cv_var_t *h;
     pthread_mutex_t lock;
@@ -1378,11 +1400,7 @@ static void test_hook_balance_across_threads(void **state)
     (void)state;
     memset(&hooks_test, 0, sizeof(hooks_test));
     pthread_mutex_init(&hooks_test.lock, NULL);
-    for (int i = 0; i < NOBJ; i++)
-        atomic_init(&objs[i].refs, 0);
-    atomic_store(&hook_underflows, 0);
-    atomic_store(&hook_strangers, 0);
-    atomic_store(&hook_retains, 0);
+    reset_hook_counts();
     hooks_test.h = cv_var_new("hooked", &(cv_var_opts_t){.default_value = &default_obj,
                                                          .has_default = true,
                                                          .retain = obj_retain,
@@ -1403,12 +1421,7 @@ static void test_hook_balance_across_threads(void **state)
     cv_context_release(m);
     cv_reclaim_barrier();
     assert_true(atomic_load(&hook_retains) > 0);
-    for (int i = 0; i < NOBJ; i++) {
-        if (atomic_load(&objs[i].refs) != 0)
-            fail_msg("value %d still holds %d references", i, atomic_load(&objs[i].refs));
-    }
-    assert_int_equal(atomic_load(&hook_underflows), 0);
-    assert_int_equal(atomic_load(&hook_strangers), 0);
+    assert_hooks_balanced();
     cv_var_release(hooks_test.h);
     pthread_mutex_destroy(&hooks_test.lock);
 }
@@ -1481,10 +1494,7 @@ static void *barrier_caller_main(void *arg)
 static void test_barrier_while_others_retire(void **state)
 {
     (void)state;
-    for (int i = 0; i < NOBJ; i++)
-        atomic_init(&objs[i].refs, 0);
-    atomic_store(&hook_underflows, 0);
-    atomic_store(&hook_strangers, 0);
+    reset_hook_counts();
     struct barrier_test b = {0};
     b.ctx = cv_context_new();
     b.h = cv_var_new("hooked", &(cv_var_opts_t){.retain = obj_retain, .release = obj_release});
@@ -1507,12 +1517,7 @@ static void test_barrier_while_others_retire(void **state)
     assert_true(atomic_load(&b.sets) >= 12 * 500);
     cv_context_release(b.ctx);
     cv_reclaim_barrier();
-    for (int i = 0; i < NOBJ; i++) {
-        if (atomic_load(&objs[i].refs) != 0)
-            fail_msg("value %d still holds %d references", i, atomic_load(&objs[i].refs));
-    }
-    assert_int_equal(atomic_load(&hook_underflows), 0);
-    assert_int_equal(atomic_load(&hook_strangers), 0);
+    assert_hooks_balanced();
     cv_var_release(b.h);
 }
 
@@ -1573,10 +1578,7 @@ static int live_obj_refs(void)
 static void test_barrier_waits_for_lists_in_hand(void **state)
 {
     (void)state;
-    for (int i = 0; i < NOBJ; i++)
-        atomic_init(&objs[i].refs, 0);
-    atomic_store(&hook_underflows, 0);
-    atomic_store(&hook_strangers, 0);
+    reset_hook_counts();
     struct in_hand_test t = {0};
     t.ctx = cv_context_new();
     t.h = cv_var_new("hooked", &(cv_var_opts_t){.retain = obj_retain, .release = obj_release});
@@ -1604,9 +1606,7 @@ static void test_barrier_waits_for_lists_in_hand(void **state)
     assert_int_equal(live, 1);
     cv_context_release(t.ctx);
     cv_reclaim_barrier();
-    assert_int_equal(live_obj_refs(), 0);
-    assert_int_equal(atomic_load(&hook_underflows), 0);
-    assert_int_equal(atomic_load(&hook_strangers), 0);
+    assert_hooks_balanced();
     cv_var_release(t.h);
 }
 
