@@ -118,6 +118,10 @@ static void test_guide_get_set_reset(void **state)
     say(&out, "%s\n", show(get(user))); /* print(user.get()) */
     cv_token_t token;
     assert_int_equal(cv_set(user, alice, &token), CV_OK);
+    assert_ptr_equal(cv_token_var(&token), user);
+    void *old = sentinel;
+    assert_false(cv_token_old_value(&token, &old)); /* Token.MISSING: the default is no value */
+    assert_ptr_equal(old, sentinel);
     say(&out, "%s\n", show(get(user)));
     assert_int_equal(cv_reset(user, &token), CV_OK);
     say(&out, "%s\n", show(get(user)));
@@ -333,6 +337,7 @@ struct task {
     void *stack;
     cv_context_t *ctx;
     char *ticket;
+    void *seen_at_start; /* before the task's own set */
     bool done;
     cv_status_t set_status, reset_status;
 #ifdef GUIDE_TSAN
@@ -402,6 +407,7 @@ static void await_sleep(struct task *t)
 static void handle_ticket(struct task *t)
 {
     cv_token_t token;
+    t->seen_at_start = get(current_ticket);
     t->set_status = cv_set(current_ticket, t->ticket, &token);
     say(&loop.out, "[%s] Before await: %s\n", t->ticket, show(get(current_ticket)));
     await_sleep(t);
@@ -514,6 +520,10 @@ static void test_guide_asyncio_illustration(void **state)
                                        "[TICKET-A] After reset: None\n"
                                        "[TICKET-B] After await: TICKET-B\n"
                                        "[TICKET-B] After reset: None\n");
+    /* Values do not leak between tasks: B starts after A has set its
+     * ticket and still sees None. */
+    assert_null(loop.tasks[0].seen_at_start);
+    assert_null(loop.tasks[1].seen_at_start);
     check_loop_and_finish(4);
 }
 
@@ -538,6 +548,9 @@ static void test_guide_asyncio_any_resume_order(void **state)
                                        "[TICKET-A] After reset: TICKET-MAIN\n"
                                        "[TICKET-B] After await: TICKET-B\n"
                                        "[TICKET-B] After reset: TICKET-MAIN\n");
+    /* A starts after B has set its ticket and sees what main set. */
+    assert_ptr_equal(loop.tasks[0].seen_at_start, from_main);
+    assert_ptr_equal(loop.tasks[1].seen_at_start, from_main);
     for (int i = 0; i < MAX_TASKS; i++) {
         void *out = NULL;
         assert_int_equal(cv_context_get(loop.tasks[i].ctx, current_ticket, &out), CV_OK);
