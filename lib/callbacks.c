@@ -27,6 +27,7 @@
  */
 #include "callbacks.h"
 
+#include "alloc.h"
 #include "context.h"
 #include "reclaim.h"
 #include "var.h"
@@ -205,6 +206,7 @@ cv_status_t cv_watcher_add(cv_switch_watcher_t watcher, void *data, int *id)
         pthread_mutex_unlock(&registration_lock);
         if (slot >= 0) {
             *id = slot;
+            cvi_allocator_freeze(); /* the call allocates nothing, but counts */
             return CV_OK;
         }
         /* Slots withdrawn from inside callbacks come free after a wait. */

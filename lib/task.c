@@ -12,6 +12,7 @@
  * If fn keeps the context (retains it), the thread gives it up and makes
  * another next time.
  */
+#include "alloc.h"
 #include "context.h"
 #include "testing.h"
 #include "thread.h"
@@ -42,6 +43,10 @@ static cvi_hamt_node *capture_map(void)
 {
     struct cvi_thread *thread = &cvi_thread_state;
     cv_context_t *current = cvi_thread_current(thread);
+    /* A capture is a call like any other: the allocator is fixed after it
+     * (a thread with a context has fixed it already). */
+    if (__builtin_expect(!current, 0))
+        cvi_allocator_freeze();
     return current && !thread->flow_suppressed ? cvi_context_retain_owned_root(current) : NULL;
 }
 

@@ -21,10 +21,14 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+
+extern char **environ;
 
 static char value_a[] = "a", value_b[] = "b", value_c[] = "c";
 static char fallback[] = "fallback";
@@ -1095,6 +1099,117 @@ static void test_reset_after_the_creator_released_the_variable(void **state)
     }
 }
 
+/* ------------------------------------------- the allocator's window */
+
+static void empty_fn(void *arg)
+{
+    (void)arg;
+}
+
+static void silent_watcher(cv_switch_event_t event, cv_context_t *from, cv_context_t *to,
+                           void *data)
+{
+    (void)event, (void)from, (void)to, (void)data;
+}
+
+static void *idle_thread(void *arg)
+{
+    return arg;
+}
+
+/* One first call of a fresh process, by name; false for an unknown name. */
+static bool make_first_call(const char *name)
+{
+    cv_token_t token = {0};
+    cv_task_t task;
+    int id;
+    pthread_t thread;
+    if (strcmp(name, "strerror") == 0)
+        return cv_strerror(CV_EBUSY) != NULL;
+    if (strcmp(name, "flow") == 0) {
+        cv_flow_suppress();
+        return cv_flow_is_suppressed() && cv_flow_restore() == CV_OK;
+    }
+    if (strcmp(name, "refused") == 0)
+        return cv_set(NULL, value_a, &token) == CV_EINVAL && cv_context_enter(NULL) == CV_EINVAL &&
+               cv_task_run(NULL) == CV_EINVAL;
+    if (strcmp(name, "token_read") == 0)
+        return cv_token_used(&token) && !cv_token_var(&token);
+    if (strcmp(name, "var_new") == 0)
+        return cv_var_new("first", NULL) != NULL;
+    if (strcmp(name, "context_new") == 0)
+        return cv_context_new() != NULL;
+    if (strcmp(name, "copy_context") == 0)
+        return cv_copy_context() != NULL;
+    if (strcmp(name, "capture_context") == 0)
+        return cv_capture_context() != NULL;
+    if (strcmp(name, "context_current") == 0)
+        return cv_context_current() != NULL;
+    if (strcmp(name, "task_init") == 0)
+        return cv_task_init(&task, empty_fn, NULL) == CV_OK;
+    if (strcmp(name, "watcher_add") == 0)
+        return cv_watcher_add(silent_watcher, NULL, &id) == CV_OK;
+    if (strcmp(name, "reclaim_barrier") == 0) {
+        cv_reclaim_barrier();
+        return true;
+    }
+    if (strcmp(name, "thread_create") == 0)
+        return cv_thread_create(&thread, NULL, idle_thread, NULL) == 0 &&
+               pthread_join(thread, NULL) == 0;
+    return false;
+}
+
+/* This executable, as main was called (not /proc/self/exe, which names
+ * valgrind under valgrind). */
+static const char *self_path;
+
+/* Run as `test_misuse first-call NAME`: the call, then cv_set_allocator,
+ * whose status is the exit code (255: the call itself failed). */
+static int first_call_then_set_allocator(const char *name)
+{
+    if (!make_first_call(name))
+        return 255;
+    return (int)cv_set_allocator(&counting_allocator);
+}
+
+/* API.md: cv_set_allocator only "before any other call", CV_EBUSY after.
+ * Each first call runs in a fresh process of this executable; those that
+ * only refuse their arguments, read a token, count flow suppression or
+ * name a status leave the window open (the header says so). */
+static void test_any_first_call_closes_the_allocator_window(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        int status;
+    } cases[] = {
+        {"strerror", CV_OK},
+        {"flow", CV_OK},
+        {"refused", CV_OK},
+        {"token_read", CV_OK},
+        {"var_new", CV_EBUSY},
+        {"context_new", CV_EBUSY},
+        {"copy_context", CV_EBUSY},
+        {"capture_context", CV_EBUSY},
+        {"context_current", CV_EBUSY},
+        {"task_init", CV_EBUSY},
+        {"watcher_add", CV_EBUSY},
+        {"reclaim_barrier", CV_EBUSY},
+        {"thread_create", CV_EBUSY},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *argv[] = {(char *)self_path, "first-call", (char *)cases[i].name, NULL};
+        pid_t child;
+        assert_int_equal(posix_spawn(&child, self_path, NULL, NULL, argv, environ), 0);
+        int wait_status;
+        assert_int_equal(waitpid(child, &wait_status, 0), child);
+        assert_true(WIFEXITED(wait_status));
+        if (WEXITSTATUS(wait_status) != cases[i].status)
+            fail_msg("first call %s: cv_set_allocator returned %d, expected %d", cases[i].name,
+                     WEXITSTATUS(wait_status), cases[i].status);
+    }
+}
+
 /* Last: everything the suite did went through the allocator. */
 static void test_every_free_got_the_size_asked_for(void **state)
 {
@@ -1106,8 +1221,11 @@ static void test_every_free_got_the_size_asked_for(void **state)
     assert_int_equal(atomic_load(&data_mismatches), 0);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    self_path = argv[0];
+    if (argc == 3 && strcmp(argv[1], "first-call") == 0)
+        return first_call_then_set_allocator(argv[2]);
     /* Before any other call of the library, cmocka's included. */
     first_set_allocator_status = cv_set_allocator(&counting_allocator);
     const struct CMUnitTest tests[] = {
@@ -1131,6 +1249,7 @@ int main(void)
         cmocka_unit_test(test_hooks_may_not_change_contexts),
         cmocka_unit_test(test_hooks_may_copy_the_context_they_change),
         cmocka_unit_test(test_reset_after_the_creator_released_the_variable),
+        cmocka_unit_test(test_any_first_call_closes_the_allocator_window),
         cmocka_unit_test(test_every_free_got_the_size_asked_for),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
