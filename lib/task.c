@@ -43,10 +43,6 @@ static cvi_hamt_node *capture_map(void)
 {
     struct cvi_thread *thread = &cvi_thread_state;
     cv_context_t *current = cvi_thread_current(thread);
-    /* A capture is a call like any other: the allocator is fixed after it
-     * (a thread with a context has fixed it already). */
-    if (__builtin_expect(!current, 0))
-        cvi_allocator_freeze();
     return current && !thread->flow_suppressed ? cvi_context_retain_owned_root(current) : NULL;
 }
 
@@ -55,11 +51,25 @@ cv_context_t *cv_capture_context(void)
     return cvi_context_new_with_root(capture_map());
 }
 
+/* cv_task_init of the empty map. Out of line, so that the common case
+ * stays a leaf: this one may be the process's first call, after which the
+ * allocator is fixed like after any other. */
+__attribute__((noinline, cold)) static cv_status_t task_init_empty(cv_task_t *task,
+                                                                   void (*fn)(void *arg), void *arg)
+{
+    cvi_allocator_freeze();
+    *task = (cv_task_t){fn, arg, NULL};
+    return CV_OK;
+}
+
 cv_status_t cv_task_init(cv_task_t *task, void (*fn)(void *arg), void *arg)
 {
     if (!task || !fn)
         return CV_EINVAL;
-    *task = (cv_task_t){fn, arg, capture_map()};
+    cvi_hamt_node *map = capture_map();
+    if (__builtin_expect(!map, 0))
+        return task_init_empty(task, fn, arg);
+    *task = (cv_task_t){fn, arg, map};
     return CV_OK;
 }
 
