@@ -1,10 +1,10 @@
 /*
  * Shapes of a cached get, timed against a __thread load in one process:
- * what made the header's inline get what it is (README, "No bounds check
- * in the cached get"). Each shape is the loop the harness's get row runs,
- * written out on a stand-in for the library's layout (a thread-local
- * version and cache pointer, a per-variable index) so that the shapes
- * differ in nothing else:
+ * what made the header's inline get what it is (bench/HISTORY.md, "No
+ * bounds check in the cached get"). Each shape is the loop the harness's
+ * get row runs, written out on a stand-in for the library's layout (a
+ * thread-local version and cache pointer, a per-variable index) so that
+ * the shapes differ in nothing else:
  *
  *   bounded      the get until 0.2: slot < length, then entry[slot]
  *   constant     slot < a constant instead (no length load; 28472a5, 4bbcc95)
