@@ -1117,12 +1117,19 @@ static void *idle_thread(void *arg)
     return arg;
 }
 
+/* What a first call made, given back before the process exits (the
+ * sanitizers' leak check runs at exit). */
+struct first_call_made {
+    cv_var_t *var;
+    cv_context_t *ctx;
+    cv_task_t task;
+    int watcher;
+};
+
 /* One first call of a fresh process, by name; false for an unknown name. */
-static bool make_first_call(const char *name)
+static bool make_first_call(const char *name, struct first_call_made *made)
 {
     cv_token_t token = {0};
-    cv_task_t task;
-    int id;
     pthread_t thread;
     if (strcmp(name, "strerror") == 0)
         return cv_strerror(CV_EBUSY) != NULL;
@@ -1136,19 +1143,19 @@ static bool make_first_call(const char *name)
     if (strcmp(name, "token_read") == 0)
         return cv_token_used(&token) && !cv_token_var(&token);
     if (strcmp(name, "var_new") == 0)
-        return cv_var_new("first", NULL) != NULL;
+        return (made->var = cv_var_new("first", NULL)) != NULL;
     if (strcmp(name, "context_new") == 0)
-        return cv_context_new() != NULL;
+        return (made->ctx = cv_context_new()) != NULL;
     if (strcmp(name, "copy_context") == 0)
-        return cv_copy_context() != NULL;
+        return (made->ctx = cv_copy_context()) != NULL;
     if (strcmp(name, "capture_context") == 0)
-        return cv_capture_context() != NULL;
+        return (made->ctx = cv_capture_context()) != NULL;
     if (strcmp(name, "context_current") == 0)
         return cv_context_current() != NULL;
     if (strcmp(name, "task_init") == 0)
-        return cv_task_init(&task, empty_fn, NULL) == CV_OK;
+        return cv_task_init(&made->task, empty_fn, NULL) == CV_OK;
     if (strcmp(name, "watcher_add") == 0)
-        return cv_watcher_add(silent_watcher, NULL, &id) == CV_OK;
+        return cv_watcher_add(silent_watcher, NULL, &made->watcher) == CV_OK;
     if (strcmp(name, "reclaim_barrier") == 0) {
         cv_reclaim_barrier();
         return true;
@@ -1167,9 +1174,17 @@ static const char *self_path;
  * whose status is the exit code (255: the call itself failed). */
 static int first_call_then_set_allocator(const char *name)
 {
-    if (!make_first_call(name))
+    struct first_call_made made = {.watcher = -1};
+    if (!make_first_call(name, &made))
         return 255;
-    return (int)cv_set_allocator(&counting_allocator);
+    int status = (int)cv_set_allocator(&counting_allocator);
+    cv_var_release(made.var);
+    cv_context_release(made.ctx);
+    cv_task_discard(&made.task);
+    if (made.watcher >= 0)
+        cv_watcher_remove(made.watcher);
+    cv_reclaim_barrier();
+    return status;
 }
 
 /* API.md: cv_set_allocator only "before any other call", CV_EBUSY after.
